@@ -1,4 +1,4 @@
-"""Fixtures shared by every suite: a process tracker, a private Redis, the workload's environment."""
+"""Fixtures every suite shares: a process tracker, a private Redis, the workload environment."""
 
 from __future__ import annotations
 

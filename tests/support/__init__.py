@@ -1,1 +1,1 @@
-"""Helpers the tests share: real processes (redis-server, Celery workers, the exporter) on free ports."""
+"""Helpers the tests share: real redis-server, Celery workers and exporters on free ports."""

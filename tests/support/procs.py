@@ -51,7 +51,7 @@ def wait_until(
             if value:
                 return value
             last = value
-        except Exception as exc:  # noqa: BLE001 - reported below if it never clears
+        except Exception as exc:  # reported below if it never clears
             last = exc
         if time.monotonic() > deadline:
             raise AssertionError(
