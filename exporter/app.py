@@ -1,0 +1,267 @@
+"""Wiring: sources -> state -> collector -> HTTP, and their threads' lifecycle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+import celery
+import redis
+import structlog
+from celery import Celery
+from kombu import Connection
+from prometheus_client import CollectorRegistry, generate_latest, openmetrics
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter import __version__
+from exporter.collector import ObservatoryCollector, ScrapeView, SourceStatus, families, gather
+from exporter.config import Config
+from exporter.exposition import CONTENT_TYPE, TextRenderer
+from exporter.http import Endpoints, ExporterApp, HttpServer
+from exporter.inspector import InspectorThread, InspectView
+from exporter.logs import mask_url
+from exporter.poller import AmqpBrokerPoller, PollerThread, RedisBrokerPoller
+from exporter.sources.celery_receiver import ReceiverEventSource
+from exporter.sources.redis_pubsub import RedisEventSource, event_pattern
+from exporter.state import UNKNOWN, State
+from exporter.webconfig import WebConfig
+
+log = structlog.get_logger(__name__)
+FORGET_CHECK_SECONDS = 60.0
+NOT_A_QUEUE = {UNKNOWN, "other"}
+
+
+def celery_app(config: Config) -> Celery:
+    """A bare Celery app for the broker: JSON only, for inspect and the generic receiver."""
+    app = Celery("celery-observatory-exporter", broker=config.broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {}
+    if config.global_keyprefix:
+        transport_options["global_keyprefix"] = config.global_keyprefix
+    app.conf.update(
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_serializer="json",
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+    )
+    return app
+
+
+def redis_client(config: Config, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        config.broker_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        protocol=2,  # RESP2: pub/sub messages as plain arrays, and any Redis >= 2.8 speaks it
+    )
+
+
+class Exporter:
+    """Owns every thread of the exporter; ``start()`` and ``stop()`` are idempotent enough."""
+
+    def __init__(self, config: Config, web: WebConfig | None = None) -> None:
+        self.config = config
+        self.web = web or WebConfig()
+        self.state = State(config.state)
+        self.app = celery_app(config)
+        self.static_queues = set(config.queues)
+        self.started_at = time.time()
+        self._next_forget = 0.0
+        poll_timeout = max(1.0, min(config.broker_poll_interval, 5.0))
+        if config.uses_redis_fast_path:
+            self.source: RedisEventSource | ReceiverEventSource = RedisEventSource(
+                redis_client(config, 5.0),
+                self.state,
+                event_pattern(config.redis_db, config.global_keyprefix),
+                config.max_backlog_bytes,
+                housekeeping=self._housekeeping,
+            )
+        else:
+            self.source = ReceiverEventSource(self.app, self.state, self._housekeeping)
+        if config.scheme in ("redis", "rediss"):
+            poller: RedisBrokerPoller | AmqpBrokerPoller = RedisBrokerPoller(
+                redis_client(config, poll_timeout),
+                self.state.index.sent_time,
+                config.global_keyprefix,
+                config.state.max_queues,
+            )
+        else:
+            poller = AmqpBrokerPoller(
+                Connection(config.broker_url, connect_timeout=poll_timeout),
+                config.state.max_queues,
+            )
+        self.poller = PollerThread(poller, config.broker_poll_interval, self.watched_queues)
+        self.inspector = (
+            InspectorThread(self.app, config.inspect_interval, config.inspect_timeout)
+            if config.inspect_interval > 0
+            else None
+        )
+        self.renderer = TextRenderer()
+        self._render_lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ObservatoryCollector(self.view))
+        self.process_registry = CollectorRegistry(auto_describe=False)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.process_registry)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
+        self.http: HttpServer | None = None
+        self._events_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        endpoints = Endpoints(
+            metrics_text=self.render_text,
+            metrics_openmetrics=lambda: openmetrics.exposition.generate_latest(self.registry),
+            openmetrics_content_type=openmetrics.exposition.CONTENT_TYPE_LATEST,
+            text_content_type=CONTENT_TYPE,
+            status=self.status,
+            ready=self.ready,
+            index_html=resources.files("exporter").joinpath("static/index.html").read_bytes(),
+        )
+        self.http = HttpServer(
+            ExporterApp(endpoints, self.web), self.config.listen_address, self.web.ssl_context
+        )
+        self.source.start()
+        self.poller.start()
+        if self.inspector is not None:
+            self.inspector.start()
+        if self.config.enable_events_interval > 0:
+            self._events_thread = threading.Thread(
+                target=self._enable_events_forever, name="enable-events", daemon=True
+            )
+            self._events_thread.start()
+        self.http.start()
+        log.info(
+            "exporter started",
+            version=__version__,
+            broker=mask_url(self.config.broker_url),
+            listen=self.config.listen_address,
+            port=self.http.port,
+            event_source="redis" if isinstance(self.source, RedisEventSource) else "receiver",
+            tls=self.web.ssl_context is not None,
+            basic_auth=self.web.basic_auth is not None,
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.http is not None:
+            self.http.stop()
+        if self.inspector is not None:
+            self.inspector.stop()
+        self.poller.stop()
+        self.source.stop()
+        log.info("exporter stopped")
+
+    # ------------------------------------------------------------------ threads' helpers
+
+    def watched_queues(self) -> set[str]:
+        """Flags, queues seen in events and queues the inspect reports (bindings: poller)."""
+        queues = set(self.static_queues)
+        queues.update(self.state.queues.known.values())
+        if self.inspector is not None:
+            queues.update(self.inspector.view.workers)
+        return queues - NOT_A_QUEUE
+
+    def _housekeeping(self) -> None:
+        """Runs on the event thread (the state's owner) about once a second."""
+        now = time.time()
+        if now >= self._next_forget:
+            self._next_forget = now + FORGET_CHECK_SECONDS
+            for host in self.state.forget_workers(now):
+                log.info("forgot worker", hostname=host)
+
+    def _enable_events_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.app.control.enable_events()
+            except Exception as exc:  # broker down or no rights: retried next interval
+                log.warning("could not broadcast enable_events", error=str(exc))
+            self._stopping.wait(self.config.enable_events_interval)
+
+    # ------------------------------------------------------------------ scrape path
+
+    def view(self) -> ScrapeView:
+        source = self.source
+        return gather(
+            self.state,
+            self.poller.view,
+            self.inspector.view if self.inspector is not None else InspectView(),
+            SourceStatus(source.subscribed, source.backlog_bytes, source.dropped),
+            self.config.visibility_timeout,
+            __version__,
+            celery.__version__,
+        )
+
+    def render_text(self) -> str:
+        # One render at a time: the label cache is shared, and concurrent scrapes of a
+        # large exposition would only compete for the GIL.
+        with self._render_lock:
+            text = self.renderer.render(families(self.view()))
+        return text + generate_latest(self.process_registry).decode()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        broker = self.poller.view
+        detail = {
+            "broker_reachable": broker.up,
+            "events_subscribed": self.source.subscribed,
+        }
+        return broker.up and self.source.subscribed, detail
+
+    def status(self) -> dict[str, Any]:
+        """The status page's data: a small JSON view of the same snapshot."""
+        view = self.view()
+        return status_document(view, self.started_at)
+
+
+def status_document(view: ScrapeView, started_at: float) -> dict[str, Any]:
+    snap, broker, inspect = view.state, view.broker, view.inspect
+    totals = {kind.removeprefix("task-"): sum(c.values()) for kind, c in snap.counters.items()}
+    queues = [
+        {
+            "name": name,
+            "length": length,
+            "oldest_age_seconds": broker.oldest_age.get(name, 0.0),
+            "consumers": broker.consumers.get(name, inspect.workers.get(name))
+            if (broker.consumers or inspect.at is not None)
+            else None,
+        }
+        for name, length in sorted(broker.lengths.items())
+    ]
+    workers = [
+        {
+            "hostname": host,
+            "up": view.worker_up[host],
+            "active": worker.active if view.worker_up[host] else 0,
+            "processed": worker.processed,
+            "last_heartbeat_age_seconds": max(0.0, snap.now - worker.last_seen),
+        }
+        for host, worker in sorted(snap.workers.items())
+    ]
+    return {
+        "now": snap.now,
+        "uptime_seconds": snap.now - started_at,
+        "broker_up": bool(broker.up and view.source.subscribed),
+        "broker_poll_age_seconds": None
+        if broker.polled_at is None
+        else snap.now - broker.polled_at,
+        "event_lag_seconds": None if snap.newest_event is None else snap.now - snap.newest_event,
+        "events_total": sum(snap.events.values()),
+        "events_rejected_total": sum(snap.rejected.values()),
+        "tracked_tasks": snap.tracked,
+        "unacked": broker.unacked,
+        "unacked_oldest_age_seconds": broker.unacked_oldest_age,
+        "totals": totals,
+        "queues": queues,
+        "workers": workers,
+        "version": view.version,
+    }

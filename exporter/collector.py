@@ -1,0 +1,218 @@
+"""The collector: turns one scrape's snapshots into metric families.
+
+``families(view)`` is the single place that maps state to the metric contract. Two
+renderers read it: ``exposition.render_text`` (the fast path for the Prometheus text
+format) and ``ObservatoryCollector`` below, a ``prometheus_client`` collector used for
+OpenMetrics and by anyone embedding the exporter in their own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.core import (
+    Metric as ClientMetric,
+)
+from prometheus_client.registry import Collector
+
+from exporter import metrics as m
+from exporter.inspector import InspectView
+from exporter.poller import BrokerView
+from exporter.state import Snapshot, State
+
+REJECT_REASONS = (
+    "oversized",
+    "malformed_envelope",
+    "content_type",
+    "body_encoding",
+    "malformed_body",
+    "unknown_type",
+    "invalid_not_an_object",
+    "invalid_hostname",
+    "invalid_timestamp",
+    "invalid_uuid",
+    "invalid_name",
+    "invalid_queue",
+    "invalid_eta",
+    "invalid_runtime",
+    "internal_error",
+)
+GUARDED_LABELS = ("name", "hostname", "queue_name", "exception")
+
+Sample = tuple[tuple[str, ...], float]
+HistogramSample = tuple[tuple[str, ...], list[int], float]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric and its samples; histogram samples carry cumulative bucket counts."""
+
+    metric: m.Metric
+    samples: Iterable[Any]
+    bounds: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """The event source's health, read at scrape time."""
+
+    subscribed: bool
+    backlog_bytes: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class ScrapeView:
+    """Everything one scrape renders, gathered without touching the network."""
+
+    state: Snapshot
+    broker: BrokerView
+    inspect: InspectView
+    source: SourceStatus
+    worker_up: dict[str, bool]
+    visibility_timeout: float
+    runtime_buckets: tuple[float, ...]
+    queue_wait_buckets: tuple[float, ...]
+    version: str
+    celery_version: str
+
+
+def gather(
+    state: State,
+    broker: BrokerView,
+    inspect: InspectView,
+    source: SourceStatus,
+    visibility_timeout: float,
+    version: str,
+    celery_version: str,
+) -> ScrapeView:
+    snap = state.snapshot()
+    return ScrapeView(
+        state=snap,
+        broker=broker,
+        inspect=inspect,
+        source=source,
+        worker_up={h: state.worker_up(w, snap.now) for h, w in snap.workers.items()},
+        visibility_timeout=visibility_timeout,
+        runtime_buckets=state.options.runtime_buckets,
+        queue_wait_buckets=state.options.queue_wait_buckets,
+        version=version,
+        celery_version=celery_version,
+    )
+
+
+def _cumulative(table: dict[tuple[str, ...], tuple[list[int], float]]) -> Iterator[Any]:
+    for key, (counts, total) in table.items():
+        running = 0
+        cumulative = []
+        for count in counts:
+            running += count
+            cumulative.append(running)
+        yield key, cumulative, total
+
+
+def _task_families(view: ScrapeView) -> Iterator[Family]:
+    snap = view.state
+    for kind, metric in m.TASK_EVENT_COUNTERS.items():
+        yield Family(metric, snap.counters[kind].items())
+    yield Family(m.TASK_PROCESSED, snap.processed.items())
+    yield Family(m.TASK_RUNTIME, _cumulative(snap.runtime), view.runtime_buckets)
+    yield Family(m.TASK_QUEUE_WAIT, _cumulative(snap.queue_wait), view.queue_wait_buckets)
+
+
+def _worker_families(view: ScrapeView) -> Iterator[Family]:
+    workers = view.state.workers
+    up = view.worker_up
+    yield Family(m.WORKER_UP, [((h,), int(up[h])) for h in workers])
+    # A worker that is down runs nothing: its last heartbeat's count is stale.
+    yield Family(
+        m.WORKER_TASKS_ACTIVE, [((h,), w.active if up[h] else 0) for h, w in workers.items()]
+    )
+    yield Family(m.WORKER_LAST_HEARTBEAT, [((h,), w.last_seen) for h, w in workers.items()])
+    yield Family(m.WORKER_PROCESSED, [((h,), w.processed) for h, w in workers.items()])
+    yield Family(
+        m.WORKER_TASK_EVENTS,
+        [
+            ((h,), int(w.task_events_seen or w.processed == (w.first_processed or 0)))
+            for h, w in workers.items()
+        ],
+    )
+
+
+def _queue_families(view: ScrapeView) -> Iterator[Family]:
+    broker, inspect = view.broker, view.inspect
+    queues = sorted(set(broker.lengths) | set(inspect.workers))
+    yield Family(m.QUEUE_LENGTH, [((q,), n) for q, n in broker.lengths.items()])
+    yield Family(m.QUEUE_OLDEST_AGE, [((q,), a) for q, a in broker.oldest_age.items()])
+    if broker.consumers:
+        yield Family(m.QUEUE_CONSUMERS, [((q,), n) for q, n in broker.consumers.items()])
+    elif inspect.at is not None:
+        yield Family(m.QUEUE_CONSUMERS, [((q,), inspect.workers.get(q, 0)) for q in queues])
+    if inspect.at is not None:
+        yield Family(m.QUEUE_WORKERS, [((q,), inspect.workers.get(q, 0)) for q in queues])
+        yield Family(m.QUEUE_PROCESSES, [((q,), inspect.processes.get(q, 0)) for q in queues])
+    if broker.unacked is not None:
+        yield Family(m.BROKER_UNACKED, [((), broker.unacked)])
+        yield Family(m.BROKER_UNACKED_OLDEST_AGE, [((), broker.unacked_oldest_age or 0.0)])
+    yield Family(m.BROKER_VISIBILITY_TIMEOUT, [((), view.visibility_timeout)])
+
+
+def _exporter_families(view: ScrapeView) -> Iterator[Family]:
+    snap, broker, source = view.state, view.broker, view.source
+    yield Family(m.EXPORTER_EVENTS, [((t,), n) for t, n in sorted(snap.events.items())])
+    rejected = dict.fromkeys(REJECT_REASONS, 0) | snap.rejected
+    yield Family(m.EXPORTER_REJECTED, [((r,), n) for r, n in rejected.items()])
+    yield Family(m.EXPORTER_DROPPED, [((), source.dropped)])
+    yield Family(m.EXPORTER_BACKLOG, [((), source.backlog_bytes)])
+    if snap.newest_event is not None:
+        yield Family(m.EXPORTER_LAG, [((), max(0.0, snap.now - snap.newest_event))])
+    yield Family(m.EXPORTER_BROKER_UP, [((), int(broker.up and source.subscribed))])
+    if broker.polled_at is not None:
+        yield Family(m.EXPORTER_POLL_AGE, [((), max(0.0, snap.now - broker.polled_at))])
+    yield Family(m.EXPORTER_TRACKED, [((), snap.tracked)])
+    yield Family(m.EXPORTER_EVICTED, [((), snap.evicted)])
+    overflow = dict.fromkeys(GUARDED_LABELS, 0) | snap.overflow
+    yield Family(m.EXPORTER_OVERFLOW, [((label,), n) for label, n in overflow.items()])
+    yield Family(m.EXPORTER_BUILD, [((view.version, view.celery_version), 1)])
+
+
+def families(view: ScrapeView) -> Iterator[Family]:
+    """Every family of the contract, in the order of ``metrics.ALL``."""
+    yield from _task_families(view)
+    yield from _worker_families(view)
+    yield from _queue_families(view)
+    yield from _exporter_families(view)
+
+
+def _client_family(family: Family) -> ClientMetric:
+    metric = family.metric
+    labels = list(metric.labels)
+    if metric.kind == "histogram":
+        hist = HistogramMetricFamily(metric.family, metric.help, labels=labels)
+        les = [*(repr(float(b)) for b in family.bounds), "+Inf"]
+        for values, cumulative, total in family.samples:
+            hist.add_metric(list(values), list(zip(les, cumulative, strict=True)), total)
+        return hist
+    cls = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+    out = cls(metric.family, metric.help, labels=labels)
+    for values, value in family.samples:
+        out.add_metric(list(values), value)
+    return out
+
+
+class ObservatoryCollector(Collector):
+    """A ``prometheus_client`` collector over the same families (used for OpenMetrics)."""
+
+    def __init__(self, view_factory: Any) -> None:
+        self.view_factory = view_factory
+
+    def collect(self) -> Iterator[ClientMetric]:
+        for family in families(self.view_factory()):
+            yield _client_family(family)

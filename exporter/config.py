@@ -1,0 +1,78 @@
+"""The exporter's configuration, validated once at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from exporter.state import Options
+
+REDIS_SCHEMES = ("redis", "rediss")
+RECEIVER_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported as one line before anything starts."""
+
+
+@dataclass(frozen=True)
+class Config:
+    broker_url: str = "redis://localhost:6379/0"
+    listen_address: str = ":9808"
+    web_config_file: str | None = None
+    queues: tuple[str, ...] = ()
+    broker_poll_interval: float = 5.0
+    inspect_interval: float = 30.0
+    inspect_timeout: float = 2.0
+    enable_events_interval: float = 0.0
+    visibility_timeout: float = 3600.0
+    global_keyprefix: str = ""
+    event_source: str = "auto"
+    max_backlog_bytes: int = 512 * 1024 * 1024
+    wait_for_broker: bool = True
+    state: Options = field(default_factory=Options)
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.broker_url).scheme.lower()
+
+    @property
+    def uses_redis_fast_path(self) -> bool:
+        if self.event_source == "auto":
+            return self.scheme in REDIS_SCHEMES
+        return self.event_source == "redis"
+
+    @property
+    def redis_db(self) -> int:
+        path = urlsplit(self.broker_url).path.strip("/")
+        return int(path) if path else 0
+
+    def validate(self) -> Config:
+        """Raise :class:`ConfigError` with a precise message; return self when valid."""
+        if self.scheme not in REDIS_SCHEMES + RECEIVER_SCHEMES:
+            raise ConfigError(
+                f"unsupported broker URL scheme {self.scheme + '://' if self.scheme else '(none)'}"
+                f": use redis://, rediss:// or amqp://"
+            )
+        parts = urlsplit(self.broker_url)
+        if not parts.hostname and not parts.path.startswith("/") and self.scheme in REDIS_SCHEMES:
+            raise ConfigError("broker URL has no host")
+        if self.scheme in REDIS_SCHEMES:
+            try:
+                self.redis_db  # noqa: B018 - validates the /<db> part
+            except ValueError:
+                raise ConfigError(f"broker URL database {parts.path!r} is not a number") from None
+        if self.event_source not in ("auto", "redis", "receiver"):
+            raise ConfigError("--event-source must be auto, redis or receiver")
+        if self.event_source == "redis" and self.scheme not in REDIS_SCHEMES:
+            raise ConfigError("--event-source redis needs a redis:// or rediss:// broker URL")
+        for name, value in (
+            ("--broker-poll-interval", self.broker_poll_interval),
+            ("--visibility-timeout", self.visibility_timeout),
+            ("--inspect-timeout", self.inspect_timeout),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.state.max_tracked_tasks < 1:
+            raise ConfigError("--max-tracked-tasks must be at least 1")
+        return self

@@ -1,0 +1,88 @@
+"""Background ``inspect``: consumers, workers and pool processes per queue.
+
+Only a broadcast can tell which worker consumes which queue and how big its pool is, and a
+broadcast waits for replies. The peer exporter broadcasts on every scrape (about 2 s per
+scrape); here it runs every ``--inspect-interval`` seconds in its own thread with a hard
+timeout, and scrapes read the last result. Until the first inspect succeeds the figures are
+absent (unknown), not 0.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from celery import Celery
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class InspectView:
+    """Per-queue figures from the last successful inspect; ``at`` is None before it."""
+
+    at: float | None = None
+    workers: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, int] = field(default_factory=dict)
+
+
+def summarize(active_queues: dict[str, Any], stats: dict[str, Any], now: float) -> InspectView:
+    """Fold inspect replies (``{worker: [queue info...]}``, ``{worker: stats}``) per queue."""
+    workers: Counter[str] = Counter()
+    processes: Counter[str] = Counter()
+    for worker, queue_infos in (active_queues or {}).items():
+        pool = (stats or {}).get(worker, {}).get("pool", {}) if isinstance(stats, dict) else {}
+        size = pool.get("max-concurrency") or len(pool.get("processes", []) or [])
+        for info in queue_infos or []:
+            name = info.get("name") if isinstance(info, dict) else None
+            if isinstance(name, str):
+                workers[name] += 1
+                processes[name] += int(size or 0)
+    return InspectView(at=now, workers=dict(workers), processes=dict(processes))
+
+
+class InspectorThread:
+    """Broadcasts ``active_queues`` and ``stats`` every ``interval`` seconds."""
+
+    def __init__(self, app: Celery, interval: float, timeout: float) -> None:
+        self.app = app
+        self.interval = interval
+        self.timeout = timeout
+        self.view = InspectView()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inspector", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout * 2 + 5)
+
+    def inspect_once(self) -> None:
+        try:
+            inspect = self.app.control.inspect(timeout=self.timeout)
+            view = summarize(inspect.active_queues() or {}, inspect.stats() or {}, time.time())
+        except Exception as exc:  # broker down, ACL without pidbox rights, bad replies
+            if not self._failing:
+                log.warning(
+                    "inspect failed; consumer counts stay at their last value", error=str(exc)
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("inspect recovered")
+        self._failing = False
+        self.view = view
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.inspect_once()
+            self._stop.wait(self.interval)

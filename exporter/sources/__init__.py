@@ -1,0 +1,1 @@
+"""Event sources: where Celery events come from. Both feed the same ``State``."""

@@ -1,0 +1,238 @@
+"""The fast event source for Redis brokers: PSUBSCRIBE to Celery's event channels.
+
+Why two threads. Redis disconnects a pub/sub subscriber whose output buffer passes
+``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB for 60 s by default) — that is how
+other exporters lose events under load. So one thread does nothing but drain the socket
+(recv releases the GIL) and split the stream into messages with hiredis, and a second thread
+decodes them and applies them to the state. A burst that outruns decoding waits in this
+process's memory, where it is measured (``celery_exporter_event_backlog_bytes``, lag) and
+bounded (``--max-backlog-bytes``; past it messages are dropped *and counted*), instead of in
+Redis, where it would be silently cut off.
+
+redis-py makes the connection (URL parsing, AUTH/ACL user, SELECT, TLS, keepalive); only
+the hot read loop is ours.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import hiredis
+import redis
+import structlog
+
+from exporter.decode import Rejected, decode_envelope
+from exporter.state import State
+
+log = structlog.get_logger(__name__)
+
+RECV_BYTES = 1 << 20
+IDLE_PING_SECONDS = 10.0
+DEAD_AFTER_SECONDS = 30.0
+
+
+def event_pattern(db: int, global_keyprefix: str = "") -> str:
+    """The channel pattern kombu publishes Celery events on (fanout over pub/sub)."""
+    return f"{global_keyprefix}/{db}.celeryev/*"
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter, for reconnect loops."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class RedisEventSource:
+    """Subscribes, drains, decodes and applies events; reconnects forever."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        state: State,
+        pattern: str,
+        max_backlog_bytes: int,
+        housekeeping: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.pattern = pattern
+        self.max_backlog_bytes = max_backlog_bytes
+        self.housekeeping = housekeeping
+        self.subscribed = False
+        self.reconnects = 0
+        self.dropped = 0  # messages; written by the reader thread only
+        self.bytes_in = 0  # written by the reader thread only
+        self.bytes_done = 0  # written by the processor thread only
+        self._batches: queue.SimpleQueue[tuple[float, list[bytes], int] | None] = (
+            queue.SimpleQueue()
+        )
+        self._stop = threading.Event()
+        self._conn: redis.connection.AbstractConnection | None = None
+        self._threads: list[threading.Thread] = []
+        self._last_drop_log = 0.0
+
+    @property
+    def backlog_bytes(self) -> int:
+        return max(0, self.bytes_in - self.bytes_done)
+
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._read_forever, name="events-reader", daemon=True),
+            threading.Thread(target=self._process_forever, name="events-processor", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._batches.put(None)
+        self._disconnect()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _read_forever(self) -> None:
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                sock, reader = self._subscribe()
+                backoff.reset()
+                self._drain(sock, reader)
+            except Exception as exc:  # network, protocol, or a bug: never end the thread
+                if self._stop.is_set():
+                    break
+                if not isinstance(exc, (OSError, redis.RedisError, hiredis.ProtocolError)):
+                    log.exception("unexpected error in the event reader")
+                self._lost(exc)
+                self._stop.wait(backoff.next_delay())
+            finally:
+                self._disconnect()
+
+    def _subscribe(self) -> tuple[socket.socket, hiredis.Reader]:
+        conn = self.client.connection_pool.make_connection()
+        self._conn = conn
+        conn.connect()
+        conn.send_command("PSUBSCRIBE", self.pattern)
+        sock = conn._sock  # redis-py's connected (and, for rediss, TLS-wrapped) socket
+        if sock is None:
+            raise redis.ConnectionError("connection closed while subscribing")
+        sock.settimeout(1.0)
+        return sock, hiredis.Reader()
+
+    def _drain(self, sock: socket.socket, reader: hiredis.Reader) -> None:
+        """Read until the connection drops; hand each chunk's messages to the processor."""
+        last_data = last_ping = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                chunk = sock.recv(RECV_BYTES)
+            except TimeoutError:
+                now = time.monotonic()
+                if now - last_data > DEAD_AFTER_SECONDS:
+                    raise redis.TimeoutError("no reply from Redis to PING") from None
+                if now - last_ping > IDLE_PING_SECONDS:
+                    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    last_ping = now
+                continue
+            if not chunk:
+                raise redis.ConnectionError("Redis closed the subscription")
+            received = time.time()
+            last_data = time.monotonic()
+            reader.feed(chunk)
+            self._split(reader, received)
+
+    def _split(self, reader: hiredis.Reader, received: float) -> None:
+        messages: list[bytes] = []
+        size = 0
+        while (reply := reader.gets()) is not False:
+            if type(reply) is list and reply and reply[0] == b"pmessage":
+                data = reply[3]
+                messages.append(data)
+                size += len(data)
+            elif type(reply) is list and reply and reply[0] == b"psubscribe":
+                self._subscribed()
+            elif isinstance(reply, hiredis.ReplyError):
+                raise redis.ResponseError(str(reply))
+        if not messages:
+            return
+        if self.backlog_bytes + size > self.max_backlog_bytes:
+            self._drop(len(messages))
+            return
+        self.bytes_in += size
+        self._batches.put((received, messages, size))
+
+    def _subscribed(self) -> None:
+        if self.reconnects:
+            log.info("event subscription restored", pattern=self.pattern)
+        else:
+            log.info("subscribed to events", pattern=self.pattern)
+        self.subscribed = True
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        now = time.monotonic()
+        if now - self._last_drop_log > 10:
+            self._last_drop_log = now
+            log.error(
+                "event backlog full: dropping messages",
+                dropped_total=self.dropped,
+                backlog_bytes=self.backlog_bytes,
+                max_backlog_bytes=self.max_backlog_bytes,
+            )
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.subscribed or self.reconnects == 0:
+            log.warning("event subscription lost; reconnecting", error=str(exc))
+        self.subscribed = False
+        self.reconnects += 1
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+
+    # ------------------------------------------------------------------ processor thread
+
+    def _process_forever(self) -> None:
+        next_housekeeping = time.monotonic() + 1.0
+        while True:
+            try:
+                batch = self._batches.get(timeout=1.0)
+            except queue.Empty:
+                batch = ()
+            if batch is None:
+                return
+            if batch:
+                self._apply(*batch)
+            if self.housekeeping is not None and time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + 1.0
+                self.housekeeping()
+
+    def _apply(self, received: float, messages: list[bytes], size: int) -> None:
+        state = self.state
+        for data in messages:
+            try:
+                events = decode_envelope(data)
+            except Rejected as exc:
+                state.reject(exc.reason)
+                continue
+            try:
+                state.apply(events, received)
+            except Exception:  # a bug must cost one message, never the exporter
+                state.reject("internal_error")
+                log.exception("failed to apply an event message")
+        self.bytes_done += size
