@@ -293,8 +293,9 @@ def _exporter_alerts(s: AlertSettings) -> list[Alert]:
             severity="critical",
             summary="The Celery exporter is down: every Celery alert is blind.",
             description=(
-                "Prometheus cannot scrape the Celery exporter {{ $labels.instance }} "
-                f'(job="{job}"), or no such target exists.'
+                "{{ if $labels.instance }}Prometheus cannot scrape the Celery exporter "
+                f'{{{{ $labels.instance }}}} (job="{job}").{{{{ else }}}}Prometheus has no '
+                f'target of job="{job}" at all.{{{{ end }}}}'
             ),
         ),
         Alert(
