@@ -1,0 +1,279 @@
+"""Small builders over grafanalib so every panel gets the same datasource, units and layout.
+
+Every panel queries the ``$datasource`` template variable, carries a unit and a description
+that says what "bad" looks like; the tests check all three on the generated JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from grafanalib.core import (
+    REFRESH_ON_TIME_RANGE_CHANGE,
+    SORT_ALPHA_ASC,
+    TABLE_TARGET_FORMAT,
+    Dashboard,
+    DashboardLink,
+    GridPos,
+    Heatmap,
+    Panel,
+    RowPanel,
+    Stat,
+    StateTimeline,
+    Table,
+    Target,
+    Template,
+    Templating,
+    Time,
+    TimeSeries,
+)
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+SCHEMA_VERSION = 37  # Grafana 9.x+; older or newer Grafana migrates on import
+WIDTH = 24  # Grafana's grid is 24 columns wide
+REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def target(expr: str, legend: str = "", instant: bool = False, table: bool = False) -> Target:
+    """One PromQL query; refIds are assigned by :func:`_with_ref_ids`."""
+    return Target(
+        expr=expr,
+        legendFormat=legend,
+        instant=instant,
+        format=TABLE_TARGET_FORMAT if table else "time_series",
+        datasource=DATASOURCE,
+        intervalFactor=1,
+    )
+
+
+def _with_ref_ids(targets: Sequence[Target]) -> list[Target]:
+    for ref, item in zip(REF_IDS, targets, strict=False):
+        item.refId = ref
+    return list(targets)
+
+
+def _steps(red_above: float | None) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    if red_above is not None:
+        steps.append({"color": "red", "value": red_above})
+    return steps
+
+
+def timeseries(
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    unit: str,
+    axis_label: str = "",
+    red_above: float | None = None,
+    stacked: bool = False,
+    width: int = 12,
+    height: int = 8,
+) -> TimeSeries:
+    """A time series; ``red_above`` draws the alert threshold as a red line."""
+    return TimeSeries(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        unit=unit,
+        axisLabel=axis_label,
+        thresholds=_steps(red_above),
+        thresholdsStyleMode="line" if red_above is not None else "off",
+        stacking={"mode": "normal", "group": "A"} if stacked else {},
+        fillOpacity=20 if stacked else 0,
+        legendDisplayMode="table",
+        legendCalcs=["lastNotNull", "max"],
+        tooltipMode="multi",
+        tooltipSort="desc",
+        valueMin=0,
+        maxDataPoints=None,  # let Grafana pick one point per pixel
+        gridPos=GridPos(h=height, w=width, x=0, y=0),
+    )
+
+
+def stat(
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    unit: str,
+    red_above: float | None = None,
+    width: int = 6,
+    height: int = 4,
+) -> Stat:
+    return Stat(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        format=unit,
+        reduceCalc="lastNotNull",
+        noValue="0",
+        graphMode="area",
+        colorMode="value",
+        thresholds=_steps(red_above),
+        gridPos=GridPos(h=height, w=width, x=0, y=0),
+    )
+
+
+def state_timeline(
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    width: int = 12,
+    height: int = 8,
+) -> StateTimeline:
+    """0/1 series (up, broker up) as red/green bands; unit ``bool_on_off`` reads "On"/"Off"."""
+    return StateTimeline(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}],
+        mergeValues=True,
+        showValue="never",
+        gridPos=GridPos(h=height, w=width, x=0, y=0),
+        extraJson={"fieldConfig": {"defaults": {"unit": "bool_on_off", "min": 0, "max": 1}}},
+    )
+
+
+def table(
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    unit: str,
+    width: int = 12,
+    height: int = 8,
+) -> Table:
+    """An instant-query table (one row per series), sorted by value, highest first."""
+    return Table(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        unit=unit,
+        gridPos=GridPos(h=height, w=width, x=0, y=0),
+        transformations=[
+            {"id": "organize", "options": {"excludeByName": {"Time": True}}},
+            {"id": "sortBy", "options": {"sort": [{"field": "Value", "desc": True}]}},
+        ],
+    )
+
+
+def heatmap(
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    y_unit: str,
+    width: int = 12,
+    height: int = 8,
+) -> Heatmap:
+    """A heatmap of pre-bucketed histogram counts (``sum by (le) (increase(..._bucket))``).
+
+    grafanalib emits the legacy heatmap fields; the ``options`` below are those of Grafana
+    9+'s heatmap, so the panel renders the buckets as they are (no re-bucketing) on both.
+    """
+    for item in targets:
+        item.format = "heatmap"
+    return Heatmap(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        dataFormat="tsbuckets",
+        yBucketBound="upper",
+        hideZeroBuckets=True,
+        gridPos=GridPos(h=height, w=width, x=0, y=0),
+        extraJson={
+            "yAxis": {"format": y_unit, "decimals": None, "logBase": 1, "show": True},
+            "options": {
+                "calculate": False,
+                "cellGap": 1,
+                "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential",
+                          "exponent": 0.5, "steps": 64, "fill": "dark", "reverse": False},
+                "yAxis": {"axisPlacement": "left", "unit": y_unit, "reverse": False},
+                "rowsFrame": {"layout": "le"},
+                "cellValues": {"unit": "short"},
+                "tooltip": {"show": True, "yHistogram": False},
+                "legend": {"show": True},
+                "filterValues": {"le": 1e-9},
+                "showValue": "never",
+            },
+            "fieldConfig": {"defaults": {"unit": "short"}},
+        },
+    )  # fmt: skip
+
+
+def query_variable(name: str, label: str, query: str) -> Template:
+    """A multi-select ``label_values`` variable with "All" meaning the regex ``.*``."""
+    variable = Template(
+        name=name,
+        label=label,
+        query=query,
+        dataSource=DATASOURCE,
+        includeAll=True,
+        multi=True,
+        allValue=".*",
+        refresh=REFRESH_ON_TIME_RANGE_CHANGE,
+        sort=SORT_ALPHA_ASC,
+    )
+    # Grafana's spelling of "All selected" for a multi-value variable.
+    variable._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    return variable
+
+
+def datasource_variable() -> Template:
+    return Template(name="datasource", label="Data source", query="prometheus", type="datasource")
+
+
+def layout(sections: Sequence[tuple[str, Sequence[Panel]]]) -> list[Panel]:
+    """Rows of panels, flowed left to right and wrapped at the grid's width."""
+    panels: list[Panel] = []
+    y = 0
+    for title, row in sections:
+        panels.append(RowPanel(title=title, gridPos=GridPos(h=1, w=WIDTH, x=0, y=y)))
+        y += 1
+        x, line_height = 0, 0
+        for panel in row:
+            pos = panel.gridPos
+            if x + pos.w > WIDTH:
+                x, y, line_height = 0, y + line_height, 0
+            panel.gridPos = GridPos(h=pos.h, w=pos.w, x=x, y=y)
+            panels.append(panel)
+            x += pos.w
+            line_height = max(line_height, pos.h)
+        y += line_height
+    return panels
+
+
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    sections: Sequence[tuple[str, Sequence[Panel]]],
+    variables: Sequence[Template] = (),
+) -> Dashboard:
+    return Dashboard(
+        uid=uid,
+        title=title,
+        description=description,
+        tags=["celery", "celery-observatory"],
+        timezone="browser",
+        time=Time("now-1h", "now"),
+        refresh="30s",
+        graphTooltip=1,
+        schemaVersion=SCHEMA_VERSION,
+        templating=Templating(list=[datasource_variable(), *variables]),
+        links=[
+            DashboardLink(
+                title="Celery dashboards",
+                type="dashboards",
+                tags=["celery-observatory"],
+                asDropdown=True,
+                includeVars=True,
+                keepTime=True,
+            )
+        ],
+        panels=layout(sections),
+    ).auto_panel_ids()
