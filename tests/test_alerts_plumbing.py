@@ -1,0 +1,113 @@
+"""Prometheus -> rules -> Alertmanager -> webhook, with a static /metrics page standing in for
+the exporter: proves the generated configs and the fast rules work with the real binaries,
+and that an alert arrives within the time its rule promises (and resolves)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alerts.settings import duration_seconds, fast
+from tests.support.procs import ProcessTracker, wait_until
+from tests.support.prom import Alertmanager, Prometheus, WebhookReceiver
+
+pytestmark = pytest.mark.e2e
+
+SETTINGS = fast()
+SCRAPE_SECONDS = 1.0
+
+
+class StaticMetrics:
+    """Serves whatever text ``body`` holds at /metrics."""
+
+    def __init__(self) -> None:
+        self.body = ""
+        page = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                data = page.body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.target = f"127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def worker_page(up: int) -> str:
+    return (
+        "# TYPE celery_worker_up gauge\n"
+        f'celery_worker_up{{hostname="cpu@static"}} {up}\n'
+        "# TYPE celery_worker_last_heartbeat_timestamp_seconds gauge\n"
+        f'celery_worker_last_heartbeat_timestamp_seconds{{hostname="cpu@static"}} {time.time()}\n'
+    )
+
+
+@pytest.fixture
+def metrics_page() -> Iterator[StaticMetrics]:
+    page = StaticMetrics()
+    page.body = worker_page(1)
+    yield page
+    page.close()
+
+
+def promised_seconds(for_: str) -> float:
+    """What a rule promises: its for:, plus one scrape and one evaluation on each side of it,
+    plus a second for Alertmanager (group_wait 0s) and the webhook."""
+    evaluation = duration_seconds(SETTINGS.evaluation_interval)
+    return duration_seconds(for_) + 2 * (SCRAPE_SECONDS + evaluation) + 1.0
+
+
+def test_alert_travels_from_rule_to_webhook_in_time_and_resolves(
+    procs: ProcessTracker, tmp_path: Path, metrics_page: StaticMetrics
+) -> None:
+    with WebhookReceiver() as webhook:
+        manager = Alertmanager(procs, tmp_path / "am", webhook.url).start()
+        prometheus = Prometheus(
+            procs, tmp_path / "prom", [metrics_page.target], SETTINGS, manager.url
+        ).start()
+        wait_until(prometheus.targets_up, timeout=15, message="static target scraped")
+        wait_until(
+            lambda: prometheus.query('celery_worker_up{hostname="cpu@static"} == 1'),
+            timeout=10,
+            message="worker up in Prometheus",
+        )
+        health = prometheus.rule_health()
+        assert health and all(state != "err" for _, state, _ in health), health
+
+        metrics_page.body = worker_page(0)
+        fault_at = time.monotonic()
+        arrived_at, alert = webhook.wait_for("CeleryWorkerDown", timeout=30, hostname="cpu@static")
+        assert arrived_at - fault_at <= promised_seconds(SETTINGS.worker_down_for)
+        assert alert["labels"]["severity"] == "warning"
+        assert alert["labels"]["job"] == "celery-exporter"
+        assert alert["annotations"]["runbook_url"].endswith("/CeleryWorkerDown.md")
+        assert "last heard" in alert["annotations"]["description"]
+
+        metrics_page.body = worker_page(1)
+        webhook.wait_for("CeleryWorkerDown", timeout=30, status="resolved")
+
+        # The exporter itself disappearing is an alert too.
+        metrics_page.close()
+        stopped_at = time.monotonic()
+        arrived_at, alert = webhook.wait_for("CeleryExporterDown", timeout=30)
+        assert arrived_at - stopped_at <= promised_seconds(SETTINGS.exporter_down_for)
+        assert alert["labels"]["instance"] == metrics_page.target
