@@ -52,7 +52,7 @@ def validate(user_id: object, data: object, max_rows: int) -> dict[str, Any]:
             raise ReportInputError(f"data.rows must hold 1 to {max_rows} numbers")
         size = len(rows)
     else:
-        size = data.get("size", DEFAULT_SIZE)
+        size = data.get("size", min(DEFAULT_SIZE, max_rows))
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= max_rows:
             raise ReportInputError(f"data.size must be an integer from 1 to {max_rows}")
         rows = None

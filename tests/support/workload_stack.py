@@ -117,15 +117,14 @@ def json_log_lines(process: ManagedProcess) -> list[dict[str, Any]]:
 
 def base_env(redis: RedisServer, tmp: Path, **extra: str) -> dict[str, str]:
     """Fast retries, local servers allowed, files in the test's directory."""
-    return celery_env(
-        redis,
-        WORKLOAD_RETRY_BASE="0.05",
-        WORKLOAD_RETRY_BACKOFF_MAX="0.2",
-        WORKLOAD_ALLOWED_HOSTS="127.0.0.1",
-        WORKLOAD_ALLOW_PRIVATE_NETWORKS="true",
-        WORKLOAD_REPORT_DIR=str(tmp / "reports"),
-        WORKLOAD_THUMBNAIL_DIR=str(tmp / "thumbs"),
-        WORKLOAD_REPORT_WORK_ROUNDS="5",
-        WORKLOAD_HTTP_TIMEOUT="20",
-        **extra,
-    )
+    defaults = {
+        "WORKLOAD_RETRY_BASE": "0.05",
+        "WORKLOAD_RETRY_BACKOFF_MAX": "0.2",
+        "WORKLOAD_ALLOWED_HOSTS": "127.0.0.1",
+        "WORKLOAD_ALLOW_PRIVATE_NETWORKS": "true",
+        "WORKLOAD_REPORT_DIR": str(tmp / "reports"),
+        "WORKLOAD_THUMBNAIL_DIR": str(tmp / "thumbs"),
+        "WORKLOAD_REPORT_WORK_ROUNDS": "5",
+        "WORKLOAD_HTTP_TIMEOUT": "20",
+    }
+    return celery_env(redis, **{**defaults, **extra})
