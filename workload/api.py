@@ -194,6 +194,15 @@ def create_app() -> Flask:
     return flask_app
 
 
+def _without_control_socket() -> list[str]:
+    """Recent gunicorn opens a control socket in $HOME by default; several APIs on one host
+    (tests, the local stack) would share that path, and nothing here uses it."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    known = {setting.name for setting in KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in known else []
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--bind",
@@ -236,6 +245,7 @@ def main(bind: str, workers: int, threads: int, timeout: int) -> None:
         "--workers", str(workers),
         "--threads", str(threads),
         "--timeout", str(timeout),
+        *_without_control_socket(),
         "workload.api:create_app()",
     ]  # fmt: skip
     os.execv(sys.executable, argv)  # noqa: S606 - gunicorn takes over this process and its signals
