@@ -49,7 +49,7 @@ def decode_envelope(data: bytes | str) -> list[Any] | tuple[Any]:
     encoding = properties.get("body_encoding") if type(properties) is dict else None
     if encoding == "base64":
         try:
-            body = _a2b_base64(body)
+            body = _a2b_base64(body, strict_mode=True)
         except (binascii.Error, ValueError, TypeError):
             raise Rejected("body_encoding") from None
     elif encoding is not None and encoding != "utf-8":

@@ -13,10 +13,10 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 def clean(value: str, max_length: int) -> str:
     """Cut ``value`` to ``max_length`` characters and spell control characters as ``\\xNN``."""
-    if len(value) > max_length:
-        value = value[: max_length - 1] + "…"
     if not value.isprintable():
         value = value.translate(_CONTROL)
+    if len(value) > max_length:
+        value = value[: max_length - 1] + "…"
     return value
 
 

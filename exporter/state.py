@@ -51,6 +51,8 @@ def exception_class(text: object) -> str:
         match = _EXCEPTION_CLASS.match(text)
         if match:
             return match.group(1).rsplit(".", 1)[-1]
+        if text.startswith("reject requeue="):  # celery.exceptions.Reject's own repr
+            return "Reject"
     return "UnknownException"
 
 
@@ -165,7 +167,7 @@ class State:
             "task-started": self._task_started,
             "task-succeeded": self._task_succeeded,
             "task-failed": self._task_failed,
-            "task-rejected": self._task_simple,
+            "task-rejected": self._task_rejected,
             "task-revoked": self._task_finished,
             "task-retried": self._task_simple,
             "worker-online": self._worker_event,
@@ -305,6 +307,14 @@ class State:
     ) -> None:
         name, queue, _ = self.index.lookup(self._uuid(event))
         self._count(event["type"], self._labels(name, hostname, queue))
+
+    def _task_rejected(
+        self, event: dict[str, Any], hostname: str, ts: float, received: float
+    ) -> None:
+        if event.get("requeue"):  # it will be delivered again: keep what we know of it
+            self._task_simple(event, hostname, ts, received)
+        else:
+            self._task_finished(event, hostname, ts, received)
 
     def _task_finished(
         self, event: dict[str, Any], hostname: str, ts: float, received: float

@@ -10,7 +10,10 @@ ring of parallel arrays plus one dict ``uuid -> slot``:
 * about 200 bytes per tracked task (the uuid string, a dict entry, three doubles and two
   references to interned strings) instead of a few KB for an object per task;
 * a hard cap: when the ring is full the oldest task (first seen) is evicted and counted;
-* finished tasks leave the index at once, so it holds mostly tasks in flight.
+* finished tasks leave the index at once, so it holds mostly tasks in flight; a small
+  second ring remembers recently finished ones, because some events arrive after the
+  terminal one (Celery 5.7 sends ``task-rejected`` after ``task-failed`` for
+  ``Reject(requeue=False)``).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ class TaskIndex:
     Only the event-processing thread writes; other threads may read with ``sent_time``.
     """
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, recent: int | None = None) -> None:
         if cap < 1:
             raise ValueError("the task index needs room for at least one task")
         self.cap = cap
+        recent_cap = max(1, cap // 10) if recent is None else recent
+        self.recent: TaskIndex | None = TaskIndex(recent_cap, recent=0) if recent_cap else None
         self.slot_of: dict[str, int] = {}
         self._uuids: list[str | None] = []
         self._names: list[str | None] = []
@@ -100,16 +105,21 @@ class TaskIndex:
         """(name, queue, started time or NaN) of a known task, without creating it."""
         slot = self.slot_of.get(uuid)
         if slot is None:
+            if self.recent is not None:
+                return self.recent.lookup(uuid)
             return None, None, NaN
         return self._names[slot], self._queues[slot], self._started[slot]
 
     def finish(self, uuid: str) -> tuple[str | None, str | None, float]:
-        """Remove a finished task; return (name, queue, started time or NaN)."""
+        """Move a finished task to the recent ring; return (name, queue, started or NaN)."""
         slot = self.slot_of.pop(uuid, None)
         if slot is None:
-            return None, None, NaN
+            return self.lookup(uuid)
         self._uuids[slot] = None
-        return self._names[slot], self._queues[slot], self._started[slot]
+        name, queue, started = self._names[slot], self._queues[slot], self._started[slot]
+        if self.recent is not None:
+            self.recent.sent(uuid, name or "", queue or "", NaN, NaN)
+        return name, queue, started
 
     def sent_time(self, uuid: str) -> float | None:
         """When the task was sent, if known (read by the broker poller's thread)."""

@@ -1,0 +1,210 @@
+"""The state applied to real Celery 5.7 events (tests/corpus): exact counts, bounds, liveness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exporter.decode import decode_envelope
+from exporter.labels import OTHER
+from exporter.state import Options, State, exception_class, producer_host
+from exporter.taskindex import TaskIndex
+
+CORPUS = Path(__file__).parent / "corpus" / "celery-5.7-events.jsonl"
+WORKER = "w1@vm"
+
+
+def corpus_state(options: Options | None = None) -> State:
+    state = State(options)
+    for line in CORPUS.read_text().splitlines():
+        state.apply(decode_envelope(json.loads(line)["data"]), received=1000.0)
+    return state
+
+
+def test_corpus_counts_match_what_the_worker_did() -> None:
+    # The corpus README: three tasks succeed, one raises ValueError, one retries once and
+    # then fails with KeyError; the producer's host is "vm".
+    state = corpus_state()
+    c = state.counters
+    ok, boom, retry = (
+        ("capapp.ok", WORKER, "celery"),
+        ("capapp.boom", WORKER, "celery"),
+        ("capapp.retry", WORKER, "celery"),
+    )
+    assert c["task-sent"] == {
+        ("capapp.ok", "vm", "celery"): 3,
+        ("capapp.boom", "vm", "celery"): 1,
+        ("capapp.retry", "vm", "celery"): 2,  # the retry is a new message
+    }
+    assert (c["task-received"][ok], c["task-received"][boom], c["task-received"][retry]) == (
+        3,
+        1,
+        2,
+    )
+    assert (c["task-started"][ok], c["task-started"][boom], c["task-started"][retry]) == (3, 1, 2)
+    assert (c["task-succeeded"][ok], c["task-succeeded"][boom]) == (3, 0)
+    assert c["task-retried"][retry] == 1
+    assert state.failed[(*boom, "ValueError")] == 1
+    assert state.failed[(*retry, "KeyError")] == 1
+    assert state.failed[(*ok, "")] == 0  # known label sets appear at 0, like the peer exporter
+    assert state.processed == {ok: 3, boom: 1, retry: 1}
+    assert sum(state.runtime[ok].counts) == 3
+    assert sum(state.runtime[retry].counts) == 1  # started -> failed of the last attempt
+    assert sum(state.queue_wait[retry].counts) == 2  # one wait per attempt
+    assert len(state.index) == 0  # every task finished, nothing left in flight
+    assert state.rejected == {}
+
+
+def test_worker_goes_down_on_offline_and_on_silence() -> None:
+    state = corpus_state()
+    worker = state.workers[WORKER]
+    assert worker.processed == 6
+    assert not state.worker_up(worker, now=1000.0)  # the corpus ends with worker-offline
+
+    state.apply(
+        [
+            {
+                "type": "worker-heartbeat",
+                "hostname": WORKER,
+                "timestamp": 1.0,
+                "freq": 2.0,
+                "active": 1,
+                "processed": 7,
+            }
+        ],
+        received=2000.0,
+    )
+    worker = state.workers[WORKER]
+    assert state.worker_up(worker, now=2005.9)  # within 3 heartbeat intervals
+    assert not state.worker_up(worker, now=2006.1)
+
+
+def test_forgotten_worker_takes_its_series_with_it() -> None:
+    state = corpus_state(Options(worker_forget_after=100.0))
+    assert state.forget_workers(now=1050.0) == []
+    assert state.forget_workers(now=1101.0) == [WORKER]
+    assert WORKER not in state.workers
+    assert all(key[1] != WORKER for key in state.counters["task-started"])
+    assert "vm" in {key[1] for key in state.counters["task-sent"]}  # producers stay
+
+
+def test_task_index_never_exceeds_its_cap_and_counts_evictions() -> None:
+    cap = 1000
+    index = TaskIndex(cap)
+    for i in range(10 * cap):
+        index.sent(f"task-{i}", "n", "q", float(i), float(i))
+        assert len(index) <= cap
+    assert len(index) == cap
+    assert index.evicted == 9 * cap
+    assert index.sent_time(f"task-{10 * cap - 1}") == float(10 * cap - 1)
+    assert index.sent_time("task-0") is None  # oldest evicted first
+
+
+def test_finished_tasks_leave_the_index_and_free_slots_are_reused_without_eviction() -> None:
+    index = TaskIndex(10)
+    for i in range(100):
+        index.sent(f"t{i}", "n", "q", 0.0, 0.0)
+        index.finish(f"t{i}")
+    assert len(index) == 0
+    assert index.evicted == 0
+
+
+def test_label_caps_fold_into_other_and_count() -> None:
+    state = State(Options(max_task_names=3))
+    for i in range(10):
+        state.apply(
+            [
+                {
+                    "type": "task-sent",
+                    "hostname": "gen1@h",
+                    "timestamp": 1.0,
+                    "uuid": f"u{i}",
+                    "name": f"task{i}",
+                    "queue": "q",
+                }
+            ],
+            received=1.0,
+        )
+    names = {key[0] for key in state.counters["task-sent"]}
+    assert names == {"task0", "task1", "task2", OTHER}
+    assert state.counters["task-sent"][(OTHER, "h", "q")] == 7
+    assert state.names.overflow == 7
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ("not a dict", "invalid_not_an_object"),
+        ({"type": "task-exploded", "hostname": "h", "timestamp": 1.0}, "unknown_type"),
+        ({"type": "task-started", "timestamp": 1.0, "uuid": "u"}, "invalid_hostname"),
+        (
+            {"type": "task-started", "hostname": "h", "timestamp": "soon", "uuid": "u"},
+            "invalid_timestamp",
+        ),
+        ({"type": "task-started", "hostname": "h", "timestamp": 1.0, "uuid": 42}, "invalid_uuid"),
+        ({"type": "task-sent", "hostname": "h", "timestamp": 1.0, "uuid": "u"}, "invalid_name"),
+        (
+            {
+                "type": "task-succeeded",
+                "hostname": "h",
+                "timestamp": 1.0,
+                "uuid": "u",
+                "runtime": "fast",
+            },
+            "invalid_runtime",
+        ),
+        (
+            {
+                "type": "task-sent",
+                "hostname": "h",
+                "timestamp": 1.0,
+                "uuid": "u",
+                "name": "n",
+                "eta": "tomorrow",
+            },
+            "invalid_eta",
+        ),
+    ],
+)
+def test_bad_events_are_rejected_by_reason_and_valid_neighbours_still_count(
+    event: object, reason: str
+) -> None:
+    state = State()
+    good = {"type": "worker-heartbeat", "hostname": "w@h", "timestamp": 1.0, "processed": 1}
+    state.apply([good, event, good], received=1.0)
+    assert state.rejected == {reason: 1}
+    assert state.events["worker-heartbeat"] == 2
+
+
+def test_queue_wait_ignores_countdown_and_eta() -> None:
+    state = State()
+    eta = "2030-01-01T00:00:10+00:00"
+    eta_ts = 1893456010.0
+    state.apply(
+        [
+            {
+                "type": "task-sent",
+                "hostname": "gen1@h",
+                "timestamp": eta_ts - 3600,
+                "uuid": "u",
+                "name": "n",
+                "queue": "q",
+                "eta": eta,
+            },
+            {"type": "task-started", "hostname": "w@h", "timestamp": eta_ts + 2.0, "uuid": "u"},
+        ],
+        received=1.0,
+    )
+    hist = state.queue_wait[("n", "w@h", "q")]
+    assert hist.sum == pytest.approx(2.0)  # not the hour the eta made it wait
+
+
+def test_helpers() -> None:
+    assert exception_class("ValueError('x')") == "ValueError"
+    assert exception_class("requests.exceptions.HTTPError('500')") == "HTTPError"
+    assert exception_class(None) == "UnknownException"
+    assert producer_host("gen1234@web-1") == "web-1"
+    assert producer_host("cpu@host-1") == "cpu@host-1"
+    assert producer_host("general@host") == "general@host"
