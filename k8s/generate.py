@@ -244,10 +244,9 @@ ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxS
 
 
 def api_deployment() -> dict[str, Any]:
-    command = [
-        "gunicorn", "--bind=0.0.0.0:8000", "--workers=2", "--threads=4",
-        "--access-logfile=-", "workload.api:create_app()",
-    ]  # fmt: skip
+    # gunicorn serving workload.api:create_app(), 2 workers x 4 threads (workload-api's
+    # defaults; WORKLOAD_API_WORKERS / WORKLOAD_API_THREADS in workload-settings change them).
+    command = ["workload-api", "--bind=0.0.0.0:8000"]
     probes = {
         "livenessProbe": http_probe("/healthz", "http", 10, 3),
         "readinessProbe": http_probe("/readyz", "http", 5, 2),
