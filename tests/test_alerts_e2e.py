@@ -1,0 +1,328 @@
+"""End to end with real binaries: redis-server, Celery workers running the workload, the
+exporter, Prometheus (1 s scrapes, fast rules) and Alertmanager posting to a webhook here.
+
+1. Under a running workload, every expression of every dashboard panel and every recording
+   rule returns data through Prometheus' HTTP API, and none is a syntax error.
+2. The public celery-mixin alert expressions evaluate against our metrics.
+3. A real fault fires a real alert within the time the rule promises: a SIGKILLed worker
+   (CeleryWorkerDown), and a queue whose consumer is cancelled while tasks keep arriving
+   (CeleryQueueNoConsumers, CeleryQueueBacklogGrowing).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from celery import Celery
+
+from alerts.rules import recording_rules
+from alerts.settings import duration_seconds, fast
+from dashboards.generate import DASHBOARDS
+from tests.support.catalog import dashboard_panels
+from tests.support.procs import (
+    CeleryWorker,
+    ManagedProcess,
+    ProcessTracker,
+    RedisServer,
+    free_port,
+    wait_until,
+)
+from tests.support.prom import Alertmanager, Prometheus, PromQLError, WebhookReceiver
+from tests.support.workload_stack import BIN, base_env, client_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(170)]
+
+SETTINGS = fast()
+SCRAPE_SECONDS = 1.0
+WORKER_TIMEOUT = 4.0  # celery heartbeats every 2 s
+INSPECT_INTERVAL = 1.0
+INSPECT_TIMEOUT = 1.0
+POLL_INTERVAL = 0.5
+DUMMY = "workload.tasks.dummy_task"
+REPORT = "workload.tasks.generate_report"
+# Dashboard template variables as Grafana would substitute them.
+SUBSTITUTIONS = {
+    "$__rate_interval": "1m",
+    "$__range": "5m",
+    "$queue": "default",
+    "$task": DUMMY,
+}
+
+# The public celery-mixin's alerts (danihodovic/celery-exporter, celery-mixin) as rendered
+# with its default selectors: name -> (the expression's value, its threshold).
+MIXIN_SELECTOR = 'job=~".*celery.*"'
+MIXIN_TASKS = f'{MIXIN_SELECTOR}, queue_name!~"None", name!~"None"'
+MIXIN_ALERTS = {
+    "CeleryTaskHighFailRate": (
+        f"""
+        sum(increase(celery_task_failed_total{{{MIXIN_TASKS}}}[10m]))
+          by (job, namespace, queue_name, name)
+        /
+        (
+          sum(increase(celery_task_failed_total{{{MIXIN_TASKS}}}[10m]))
+            by (job, namespace, queue_name, name)
+          +
+          sum(increase(celery_task_succeeded_total{{{MIXIN_TASKS}}}[10m]))
+            by (job, namespace, queue_name, name)
+        )
+        * 100""",
+        "> 5",
+    ),
+    "CeleryHighQueueLength": (
+        f"""
+        sum(celery_queue_length{{{MIXIN_SELECTOR}, queue_name!~"None"}})
+          by (job, namespace, queue_name)""",
+        "> 100",
+    ),
+    "CeleryWorkerDown": (f"celery_worker_up{{{MIXIN_SELECTOR}}}", "== 0"),
+}
+
+
+def promise(for_: str, detection: float) -> float:
+    """The time a rule promises from fault to webhook: the exporter's detection delay, one
+    scrape and one evaluation on each side of the rule's for:, and a second of delivery."""
+    evaluation = duration_seconds(SETTINGS.evaluation_interval)
+    return detection + duration_seconds(for_) + 2 * (SCRAPE_SECONDS + evaluation) + 1.0
+
+
+class Traffic(threading.Thread):
+    """Sends tasks until stopped: successes, failures (ValueError) and retries on ``default``,
+    plus ``email_rate`` tasks a second to the ``email`` queue."""
+
+    def __init__(self, client: Celery, rate: float = 10.0) -> None:
+        super().__init__(name="traffic", daemon=True)
+        self.client = client
+        self.rate = rate
+        self.email_rate = 0.0
+        self.sent = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        for i in itertools.count():
+            if self.stop_event.wait(1.0 / self.rate):
+                return
+            if i % 5 == 4:  # float("bad") raises ValueError: a real failure
+                self.client.send_task(DUMMY, args=[i], kwargs={"sleep": "bad"}, queue="default")
+            elif i % 10 == 3:  # fails once, then succeeds: a retry
+                data = {"rows": [1, 2, 3], "fail_times": 1}
+                self.client.send_task(REPORT, args=[1, data], queue="default")
+            else:
+                self.client.send_task(DUMMY, args=[i], queue="default")
+            if self.email_rate and i % max(1, round(self.rate / self.email_rate)) == 0:
+                self.client.send_task(DUMMY, args=[i], queue="email")
+            self.sent += 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
+
+
+@dataclass
+class Observatory:
+    redis: RedisServer
+    client: Celery
+    exporter_url: str
+    prometheus: Prometheus
+    webhook: WebhookReceiver
+    traffic: Traffic
+    workers: dict[str, CeleryWorker] = field(default_factory=dict)
+
+
+def start_exporter(tracker: ProcessTracker, redis: RedisServer) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    argv = [
+        str(BIN / "celery-observatory-exporter"),
+        "--broker-url", redis.url(0),
+        "--web.listen-address", f"127.0.0.1:{port}",
+        "--broker-poll-interval", str(POLL_INTERVAL),
+        "--worker-timeout", str(WORKER_TIMEOUT),
+        "--inspect-interval", str(INSPECT_INTERVAL),
+        "--inspect-timeout", str(INSPECT_TIMEOUT),
+        "--queues", "default,email,io",
+        "--log-format", "console",
+    ]  # fmt: skip
+    process = tracker.start(argv, f"exporter-{port}")
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"exporter exited:\n{process.log_text()[-3000:]}")
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+
+    wait_until(ready, timeout=30, interval=0.2, message="exporter ready")
+    return process, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def observatory(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Observatory]:
+    tmp = tmp_path_factory.mktemp("observatory")
+    tracker = ProcessTracker(tmp / "logs")
+    failed_before = request.session.testsfailed
+    try:
+        with WebhookReceiver() as webhook:
+            observatory = _start_observatory(tracker, tmp, webhook)
+            yield observatory
+            observatory.traffic.stop()
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(tracker.logs())
+        tracker.stop_all()
+
+
+def _start_observatory(tracker: ProcessTracker, tmp: Path, webhook: WebhookReceiver) -> Observatory:
+    redis = RedisServer(tracker, tmp / "redis").start()
+    env = base_env(redis, tmp)
+    workers = {
+        "default": CeleryWorker(tracker, env, ["default"], pool="threads", concurrency=4),
+        "email": CeleryWorker(tracker, env, ["email"], pool="threads", concurrency=2),
+        "io": CeleryWorker(tracker, env, ["io"], pool="solo", concurrency=1),
+    }
+    for worker in workers.values():
+        worker.start(wait=False)
+    _, exporter = start_exporter(tracker, redis)
+    manager = Alertmanager(tracker, tmp / "alertmanager", webhook.url).start()
+    prometheus = Prometheus(tracker, tmp / "prometheus", [exporter], SETTINGS, manager.url)
+    prometheus.start()
+    for worker in workers.values():
+        worker.wait_ready()
+    client = client_app(env)
+    traffic = Traffic(client)
+    traffic.start()
+    # One message the exporter must refuse, so the rejected-events panel has a series.
+    redis.client().publish("/0.celeryev/worker.heartbeat", b"not a kombu envelope")
+    wait_until(prometheus.targets_up, timeout=20, message="exporter scraped")
+    return Observatory(redis, client, exporter, prometheus, webhook, traffic, workers)
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expression) for every target of every panel, variables substituted."""
+    queries = []
+    for name in DASHBOARDS:
+        for panel in dashboard_panels(name):
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for variable, value in SUBSTITUTIONS.items():
+                    expr = expr.replace(variable, value)
+                assert "$" not in expr, f"unsubstituted variable in {expr}"
+                queries.append((f"{name}: {panel['title']} [{target['refId']}]", expr))
+    return queries
+
+
+def wait_for_data(prometheus: Prometheus, queries: list[tuple[str, str]], timeout: float) -> None:
+    """Poll until every query returns at least one series; a query error fails at once."""
+    deadline = time.monotonic() + timeout
+    pending = dict(queries)
+    while pending:
+        for where, expr in list(pending.items()):
+            try:
+                if prometheus.query(expr):
+                    del pending[where]
+            except PromQLError as exc:
+                pytest.fail(f"{where}: {expr}\n{exc}")
+        if pending and time.monotonic() > deadline:
+            lines = "\n".join(f"  {where}: {expr}" for where, expr in pending.items())
+            pytest.fail(f"no data after {timeout}s for:\n{lines}")
+        time.sleep(0.5)
+
+
+def test_every_dashboard_query_and_recording_rule_returns_data(observatory: Observatory) -> None:
+    prometheus = observatory.prometheus
+    records = [(f"recording rule {r['record']}", r["record"]) for r in recording_rules()]
+    queries = dashboard_queries() + records
+    started = time.monotonic()
+    wait_for_data(prometheus, queries, timeout=60)
+    print(f"{len(queries)} queries returned data after {time.monotonic() - started:.1f}s")
+    # Real traffic, not just zero-valued series: tasks succeeded, failed and were retried.
+    for expr in (
+        "sum(celery_task_succeeded_total) > 0",
+        'sum(celery_task_failed_total{exception="ValueError"}) > 0',
+        "sum(celery_task_retried_total) > 0",
+        "sum(celery_exporter_events_rejected_total) > 0",
+    ):
+        assert prometheus.query(expr), expr
+    unhealthy = [rule for rule in prometheus.rule_health() if rule[1] == "err"]
+    assert not unhealthy, unhealthy
+
+
+def test_celery_mixin_alert_expressions_evaluate_against_our_metrics(
+    observatory: Observatory,
+) -> None:
+    prometheus = observatory.prometheus
+    for name, (value, threshold) in MIXIN_ALERTS.items():
+        prometheus.query(f"{value} {threshold}")  # raises on a syntax or evaluation error
+        # Without the threshold the expression must find our series (same names and labels).
+        assert prometheus.query(value), f"{name}: no series for {value}"
+
+
+def test_killed_worker_fires_worker_down_within_the_promise(observatory: Observatory) -> None:
+    worker = observatory.workers["io"]
+    wait_until(
+        lambda: observatory.prometheus.query(
+            f'celery_worker_up{{hostname="{worker.nodename}"}} == 1'
+        ),
+        timeout=20,
+        message="io worker up in Prometheus",
+    )
+    worker.kill()
+    killed_at = time.monotonic()
+    limit = promise(SETTINGS.worker_down_for, detection=WORKER_TIMEOUT)
+    arrived_at, alert = observatory.webhook.wait_for(
+        "CeleryWorkerDown", timeout=limit + 10, hostname=worker.nodename
+    )
+    print(f"CeleryWorkerDown after {arrived_at - killed_at:.1f}s (promise {limit:.1f}s)")
+    assert arrived_at - killed_at <= limit, f"took {arrived_at - killed_at:.1f}s > {limit:.1f}s"
+    assert alert["annotations"]["runbook_url"].endswith("CeleryWorkerDown.md")
+    # The series stays, at 0, so the alert keeps firing (and the mixin's fires too).
+    value, threshold = MIXIN_ALERTS["CeleryWorkerDown"]
+    down = observatory.prometheus.query(f"{value} {threshold}")
+    assert worker.nodename in {series["metric"]["hostname"] for series in down}
+
+
+def test_cancelled_consumer_with_arriving_tasks_fires_no_consumers_and_backlog(
+    observatory: Observatory,
+) -> None:
+    worker = observatory.workers["email"]
+    prometheus = observatory.prometheus
+    wait_until(
+        lambda: prometheus.query('celery_active_consumer_count{queue_name="email"} > 0'),
+        timeout=20,
+        message="email consumer seen by inspect",
+    )
+    replies = observatory.client.control.cancel_consumer(
+        "email", destination=[worker.nodename], reply=True, timeout=5
+    )
+    assert replies, "the email worker did not acknowledge cancel_consumer"
+    stopped_at = time.monotonic()
+    observatory.traffic.email_rate = 5.0
+
+    # An inspect round in flight at the cancel may still see the consumer: two rounds.
+    inspect_rounds = 2 * (INSPECT_INTERVAL + INSPECT_TIMEOUT) + POLL_INTERVAL
+    no_consumers = promise(SETTINGS.no_consumers_for, detection=inspect_rounds)
+    arrived_at, alert = observatory.webhook.wait_for(
+        "CeleryQueueNoConsumers", timeout=no_consumers + 10, queue_name="email"
+    )
+    print(
+        f"CeleryQueueNoConsumers after {arrived_at - stopped_at:.1f}s (promise {no_consumers:.1f}s)"
+    )
+    assert arrived_at - stopped_at <= no_consumers, f"took {arrived_at - stopped_at:.1f}s"
+    assert alert["labels"]["severity"] == "critical"
+
+    # Over the minimum length after min/rate seconds, then one poll to see it.
+    fill = (SETTINGS.backlog_min_length + 1) / observatory.traffic.email_rate + POLL_INTERVAL
+    backlog = promise(SETTINGS.backlog_for, detection=fill)
+    arrived_at, _ = observatory.webhook.wait_for(
+        "CeleryQueueBacklogGrowing", timeout=backlog + 10, queue_name="email"
+    )
+    print(
+        f"CeleryQueueBacklogGrowing after {arrived_at - stopped_at:.1f}s (promise {backlog:.1f}s)"
+    )
+    assert arrived_at - stopped_at <= backlog, f"took {arrived_at - stopped_at:.1f}s"
