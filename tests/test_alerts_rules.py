@@ -3,6 +3,7 @@ the Prometheus/Alertmanager configs (validated by the real promtool and amtool).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 
 from alerts.configs import alertmanager_config, prometheus_config
 from alerts.generate import render_rules, to_yaml
-from alerts.settings import DEFAULTS, SettingsError, fast, with_overrides
+from alerts.settings import DEFAULTS, AlertSettings, SettingsError, fast, with_overrides
 from tests.support.catalog import (
     RULES_FILE,
     committed_alerts,
@@ -188,3 +189,11 @@ def test_alertmanager_config_is_valid_for_amtool(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 inhibit rules" in result.stdout and "1 receivers" in result.stdout
+
+
+def test_docs_list_every_setting_and_every_alert() -> None:
+    docs = (ROOT / "docs" / "dashboards-alerts.md").read_text()
+    for setting in dataclasses.fields(AlertSettings):
+        assert f"| `{setting.name}` |" in docs, f"setting {setting.name} not documented"
+    for rule in committed_alerts():
+        assert f"| `{rule['alert']}` |" in docs, f"alert {rule['alert']} not documented"
