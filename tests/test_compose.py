@@ -20,6 +20,7 @@ import pytest
 import redis
 import yaml
 
+from exporter.sources.redis_pubsub import event_pattern
 from tests.support.acl_redis import AclRedisServer, adapt_to_local_redis, redis_version, render_acl
 from tests.support.deploy_checks import (
     QUEUE_NODES,
@@ -585,8 +586,9 @@ def test_exporter_user_reads_queues_and_subscribes_to_events_only(
             attempt()
     assert app.llen("cpu") == 1
 
+    # The pattern the exporter itself subscribes to (Redis compares patterns literally).
     pubsub = exporter.pubsub()
-    pubsub.psubscribe("/*.celeryev/*")
+    pubsub.psubscribe(event_pattern(0))
     assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
     app.publish("/0.celeryev/worker.heartbeat", "beat")
     message = pubsub.get_message(timeout=5)
