@@ -453,3 +453,22 @@ def test_every_worker_scales_on_its_own_queue_length(resources: list, tmp_path: 
     groups = [{"name": "keda", "rules": [{"record": f"keda:q{i}", "expr": q}
                                           for i, q in enumerate(queries)]}]  # fmt: skip
     promtool_check_rules(groups, tmp_path)
+
+
+def test_the_documented_hpa_alternative_is_a_valid_hpa_for_a_worker(resources: list) -> None:
+    """docs/deploy.md's HPA example validates and targets a real worker Deployment."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    hpas = [
+        doc for block in blocks for doc in yaml.safe_load_all(block)
+        if isinstance(doc, dict) and doc.get("kind") == "HorizontalPodAutoscaler"
+    ]  # fmt: skip
+    assert hpas, "docs/deploy.md has no HorizontalPodAutoscaler example"
+    workers = worker_deployments(resources)
+    for hpa in hpas:
+        validate(hpa, KUBERNETES_VERSION, strict=True)
+        target = workers[hpa["spec"]["scaleTargetRef"]["name"]]
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["external"]["metric"]["name"] == "celery_queue_length"
+        selector = metric["external"]["metric"]["selector"]["matchLabels"]
+        assert selector == {"queue_name": worker_queue(target)}
