@@ -4,9 +4,12 @@ exporter, Prometheus (1 s scrapes, fast rules) and Alertmanager posting to a web
 1. Under a running workload, every expression of every dashboard panel and every recording
    rule returns data through Prometheus' HTTP API, and none is a syntax error.
 2. The public celery-mixin alert expressions evaluate against our metrics.
-3. A real fault fires a real alert within the time the rule promises: a SIGKILLed worker
-   (CeleryWorkerDown), and a queue whose consumer is cancelled while tasks keep arriving
-   (CeleryQueueNoConsumers, CeleryQueueBacklogGrowing).
+3. A real fault fires a real alert within the time the rule promises: a task that fails one
+   run in five (CeleryTaskFailureRatioHigh, and not for a task that only retries); a worker
+   SIGKILLed in the middle of a long acks_late task (CeleryWorkerDown, and its delivery stays
+   unacked: CeleryUnackedDeliveryStale); a queue whose consumer is cancelled while tasks keep
+   arriving (CeleryQueueNoConsumers, CeleryQueueBacklogGrowing,
+   CeleryQueueOldestMessageTooOld); the broker killed (CeleryBrokerUnreachable).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ WORKER_TIMEOUT = 4.0  # celery heartbeats every 2 s
 INSPECT_INTERVAL = 1.0
 INSPECT_TIMEOUT = 1.0
 POLL_INTERVAL = 0.5
+# Workers and exporter agree on a short visibility_timeout, so that a delivery held by a
+# crashed worker crosses the alert's fraction of it within seconds.
+VISIBILITY_TIMEOUT = 16.0
+LONG_TASK_SECONDS = 60.0
 DUMMY = "workload.tasks.dummy_task"
 REPORT = "workload.tasks.generate_report"
 # Dashboard template variables as Grafana would substitute them.
@@ -133,6 +140,7 @@ class Observatory:
     webhook: WebhookReceiver
     traffic: Traffic
     workers: dict[str, CeleryWorker] = field(default_factory=dict)
+    long_task_sent_at: float = 0.0
 
 
 def start_exporter(tracker: ProcessTracker, redis: RedisServer) -> tuple[ManagedProcess, str]:
@@ -146,6 +154,7 @@ def start_exporter(tracker: ProcessTracker, redis: RedisServer) -> tuple[Managed
         "--inspect-interval", str(INSPECT_INTERVAL),
         "--inspect-timeout", str(INSPECT_TIMEOUT),
         "--queues", "default,email,io",
+        "--visibility-timeout", str(VISIBILITY_TIMEOUT),
         "--log-format", "console",
     ]  # fmt: skip
     process = tracker.start(argv, f"exporter-{port}")
@@ -180,11 +189,11 @@ def observatory(
 
 def _start_observatory(tracker: ProcessTracker, tmp: Path, webhook: WebhookReceiver) -> Observatory:
     redis = RedisServer(tracker, tmp / "redis").start()
-    env = base_env(redis, tmp)
+    env = base_env(redis, tmp, WORKLOAD_VISIBILITY_TIMEOUT=str(int(VISIBILITY_TIMEOUT)))
     workers = {
         "default": CeleryWorker(tracker, env, ["default"], pool="threads", concurrency=4),
         "email": CeleryWorker(tracker, env, ["email"], pool="threads", concurrency=2),
-        "io": CeleryWorker(tracker, env, ["io"], pool="solo", concurrency=1),
+        "io": CeleryWorker(tracker, env, ["io"], pool="threads", concurrency=2),
     }
     for worker in workers.values():
         worker.start(wait=False)
@@ -195,12 +204,17 @@ def _start_observatory(tracker: ProcessTracker, tmp: Path, webhook: WebhookRecei
     for worker in workers.values():
         worker.wait_ready()
     client = client_app(env)
+    # A long acks_late task on io: its delivery stays in `unacked` while it runs.
+    client.send_task(DUMMY, args=[0], kwargs={"sleep": LONG_TASK_SECONDS}, queue="io")
+    long_task_sent_at = time.monotonic()
     traffic = Traffic(client)
     traffic.start()
     # One message the exporter must refuse, so the rejected-events panel has a series.
     redis.client().publish("/0.celeryev/worker.heartbeat", b"not a kombu envelope")
     wait_until(prometheus.targets_up, timeout=20, message="exporter scraped")
-    return Observatory(redis, client, exporter, prometheus, webhook, traffic, workers)
+    return Observatory(
+        redis, client, exporter, prometheus, webhook, traffic, workers, long_task_sent_at
+    )
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -263,6 +277,20 @@ def test_celery_mixin_alert_expressions_evaluate_against_our_metrics(
         assert prometheus.query(value), f"{name}: no series for {value}"
 
 
+def test_failing_task_fires_failure_ratio_but_a_retrying_task_does_not(
+    observatory: Observatory,
+) -> None:
+    """dummy_task fails one run in five (a ratio of about 22%); generate_report fails once
+    and then succeeds on retry, so its failure ratio is 0 although it keeps retrying."""
+    _, alert = observatory.webhook.wait_for("CeleryTaskFailureRatioHigh", timeout=30, name=DUMMY)
+    assert alert["labels"]["queue_name"] == "default"
+    assert alert["labels"]["severity"] == "warning"
+    assert f"of the runs of {DUMMY} on queue default failed" in alert["annotations"]["description"]
+    assert observatory.prometheus.query(f'sum(celery_task_retried_total{{name="{REPORT}"}}) > 0')
+    firing = observatory.prometheus.alert_states("CeleryTaskFailureRatioHigh")
+    assert REPORT not in {a["labels"]["name"] for a in firing}
+
+
 def test_killed_worker_fires_worker_down_within_the_promise(observatory: Observatory) -> None:
     worker = observatory.workers["io"]
     wait_until(
@@ -272,7 +300,14 @@ def test_killed_worker_fires_worker_down_within_the_promise(observatory: Observa
         timeout=20,
         message="io worker up in Prometheus",
     )
-    worker.kill()
+    wait_until(
+        lambda: observatory.prometheus.query(
+            f'celery_worker_tasks_active{{hostname="{worker.nodename}"}} > 0'
+        ),
+        timeout=20,
+        message="the long task running on the io worker",
+    )
+    worker.kill()  # SIGKILL mid-task: no worker-offline, no ack
     killed_at = time.monotonic()
     limit = promise(SETTINGS.worker_down_for, detection=WORKER_TIMEOUT)
     arrived_at, alert = observatory.webhook.wait_for(
@@ -285,6 +320,16 @@ def test_killed_worker_fires_worker_down_within_the_promise(observatory: Observa
     value, threshold = MIXIN_ALERTS["CeleryWorkerDown"]
     down = observatory.prometheus.query(f"{value} {threshold}")
     assert worker.nodename in {series["metric"]["hostname"] for series in down}
+
+    # The crashed worker's delivery stays unacked; the alert promises to notice once it is
+    # older than the fraction of visibility_timeout (before the redelivery at the timeout).
+    crossing = SETTINGS.unacked_visibility_fraction * VISIBILITY_TIMEOUT + POLL_INTERVAL
+    limit = promise(SETTINGS.unacked_for, detection=crossing)
+    arrived_at, alert = observatory.webhook.wait_for("CeleryUnackedDeliveryStale", timeout=40)
+    late = arrived_at - observatory.long_task_sent_at
+    print(f"CeleryUnackedDeliveryStale {late:.1f}s after the delivery (promise {limit:.1f}s)")
+    assert late <= limit, f"took {late:.1f}s > {limit:.1f}s"
+    assert arrived_at - observatory.long_task_sent_at < VISIBILITY_TIMEOUT + 1
 
 
 def test_cancelled_consumer_with_arriving_tasks_fires_no_consumers_and_backlog(
@@ -326,3 +371,24 @@ def test_cancelled_consumer_with_arriving_tasks_fires_no_consumers_and_backlog(
         f"CeleryQueueBacklogGrowing after {arrived_at - stopped_at:.1f}s (promise {backlog:.1f}s)"
     )
     assert arrived_at - stopped_at <= backlog, f"took {arrived_at - stopped_at:.1f}s"
+
+    # Nothing consumes the queue, so its oldest message ages past the (fast) SLO.
+    aging = SETTINGS.oldest_message_age_seconds + POLL_INTERVAL
+    too_old = promise(SETTINGS.oldest_message_for, detection=aging)
+    arrived_at, alert = observatory.webhook.wait_for(
+        "CeleryQueueOldestMessageTooOld", timeout=too_old + 10, queue_name="email"
+    )
+    print(f"CeleryQueueOldestMessageTooOld after {arrived_at - stopped_at:.1f}s")
+    assert arrived_at - stopped_at <= too_old, f"took {arrived_at - stopped_at:.1f}s"
+
+
+def test_killed_broker_fires_broker_unreachable(observatory: Observatory) -> None:
+    """Last: the stack does not survive it."""
+    observatory.traffic.stop()
+    observatory.redis.kill()
+    killed_at = time.monotonic()
+    limit = promise(SETTINGS.broker_down_for, detection=POLL_INTERVAL + 1.0)
+    arrived_at, alert = observatory.webhook.wait_for("CeleryBrokerUnreachable", timeout=limit + 10)
+    print(f"CeleryBrokerUnreachable after {arrived_at - killed_at:.1f}s (promise {limit:.1f}s)")
+    assert arrived_at - killed_at <= limit, f"took {arrived_at - killed_at:.1f}s"
+    assert alert["labels"]["severity"] == "critical"

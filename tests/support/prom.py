@@ -80,17 +80,20 @@ class WebhookReceiver:
             ]
 
     def wait_for(
-        self, name: str, timeout: float, status: str = "firing", **labels: str
+        self, alertname: str, /, timeout: float, status: str = "firing", **labels: str
     ) -> tuple[float, dict[str, Any]]:
-        """The first notification of alert ``name`` whose labels include ``labels``."""
+        """The first notification of ``alertname`` whose labels include ``labels``
+        (positional-only, so that a label called ``name`` can be matched too)."""
 
         def match() -> tuple[float, dict[str, Any]] | None:
-            for at, alert in self.alerts(name, status):
+            for at, alert in self.alerts(alertname, status):
                 if all(alert["labels"].get(k) == v for k, v in labels.items()):
                     return at, alert
             return None
 
-        return wait_until(match, timeout=timeout, interval=0.1, message=f"{status} {name}")
+        return wait_until(
+            match, timeout=timeout, interval=0.1, message=f"{status} {alertname} {labels}"
+        )
 
 
 class Alertmanager:
