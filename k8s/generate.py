@@ -229,6 +229,9 @@ def deployment(
                 "metadata": {"labels": labels(name, component)},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    # Service links would inject CELERY_EXPORTER_PORT=tcp://... (from the
+                    # celery-exporter Service) and REDIS_PORT=... into every pod, which
+                    # collide with the exporter's and the workload's own env settings.
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": grace_seconds,
                     "securityContext": pod_security(),

@@ -182,6 +182,9 @@ def test_every_container_has_probes_resources_and_a_locked_down_security_context
         name = workload["metadata"]["name"]
         pod = workload["spec"]["template"]["spec"]
         assert pod.get("automountServiceAccountToken") is False, name
+        # Else Kubernetes injects CELERY_EXPORTER_PORT=tcp://... and REDIS_PORT=... variables
+        # that the exporter's env-var configuration would read.
+        assert pod.get("enableServiceLinks") is False, name
         pod_security = pod["securityContext"]
         assert pod_security["runAsNonRoot"] is True, name
         assert pod_security["runAsUser"] != 0, name
