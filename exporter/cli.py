@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import redis
@@ -232,7 +232,7 @@ Examples:
     help="json: one JSON object per line; console: for humans.",
 )
 @click.version_option(__version__, prog_name="celery-observatory-exporter")
-def main(**flags: Any) -> None:
+def command(**flags: Any) -> None:
     configure_logging(flags["log_level"], flags["log_format"])
     try:
         config = build_config(flags).validate()
@@ -244,7 +244,19 @@ def main(**flags: Any) -> None:
     run(config, web)
 
 
-def fail(message: str, code: int = 1) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: a wrong flag is one line on stderr and exit code 2, not a usage page."""
+    try:
+        code = command.main(args=argv, prog_name="celery-observatory-exporter",
+                            standalone_mode=False)  # fmt: skip
+    except click.UsageError as exc:
+        fail(f"error: {exc.format_message()} (see --help)", code=2)
+    except click.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(mask_secrets(message), err=True)
     sys.exit(code)
 

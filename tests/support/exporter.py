@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,11 +46,15 @@ def parse(text: str) -> Scrape:
 
 
 def http_get(
-    url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+    url: str,
+    timeout: float = 5.0,
+    headers: dict[str, str] | None = None,
+    ca: Path | None = None,
 ) -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers or {})
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -62,8 +69,11 @@ class ExporterProcess:
         broker_url: str,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        ca: Path | None = None,
     ) -> None:
+        """``ca``: the exporter serves HTTPS (web config) with a certificate from this CA."""
         self.tracker = tracker
+        self.ca = ca
         self.broker_url = broker_url
         self.port = free_port()
         self.args = list(args)
@@ -100,10 +110,12 @@ class ExporterProcess:
         return self.get("/healthz")[0] == 200
 
     def url(self, path: str = "/metrics") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.ca else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
-    def get(self, path: str, **kwargs: object) -> tuple[int, str]:
-        return http_get(self.url(path), **kwargs)  # type: ignore[arg-type]
+    def get(self, path: str, **kwargs: Any) -> tuple[int, str]:
+        kwargs.setdefault("ca", self.ca)
+        return http_get(self.url(path), **kwargs)
 
     def scrape(self) -> Scrape:
         status, text = self.get("/metrics")

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -178,7 +178,11 @@ def require_binary(name: str, package: str) -> str:
 
 
 class RedisServer:
-    """A private redis-server on a free port; it can be killed, restarted and paused."""
+    """A private redis-server on a free port; it can be killed, restarted and paused.
+
+    With ``password`` the default user needs it; with ``tls`` = (cert, key, ca) the server
+    speaks only TLS on its port (``rediss://``).
+    """
 
     def __init__(
         self,
@@ -186,23 +190,35 @@ class RedisServer:
         data_dir: Path,
         port: int | None = None,
         extra_args: Iterable[str] = (),
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.tracker = tracker
         self.data_dir = data_dir
         self.port = port or free_port()
         self.extra_args = list(extra_args)
+        self.password = password
+        self.tls = tls
         self.process: ManagedProcess | None = None
 
     def argv(self) -> list[str]:
-        return [
+        argv = [
             require_binary("redis-server", "redis-server"),
-            "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.data_dir),
-            *self.extra_args,
         ]  # fmt: skip
+        if self.tls:
+            cert, key, ca = self.tls
+            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                     "--tls-auth-clients", "no"]  # fmt: skip
+        else:
+            argv += ["--port", str(self.port)]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        return argv + self.extra_args
 
     def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -215,10 +231,18 @@ class RedisServer:
             raise RuntimeError(f"redis-server exited:\n{self.process.log_text()[-2000:]}")
         return bool(self.client().ping())
 
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+    def url(self, db: int = 0, username: str = "", password: str | None = None) -> str:
+        password = self.password if password is None else password
+        auth = f"{username}:{password}@" if password else ""
+        if self.tls:
+            query = f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls[2]}"
+            return f"rediss://{auth}127.0.0.1:{self.port}/{db}{query}"
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
-    def client(self, db: int = 0, **kwargs: object) -> redis.Redis:
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("password", self.password)
+        if self.tls:
+            kwargs.update(ssl=True, ssl_ca_certs=str(self.tls[2]))
         return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=5, **kwargs)
 
     def kill(self) -> None:
