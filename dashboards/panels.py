@@ -112,6 +112,7 @@ def stat(
         noValue="0",
         graphMode="area",
         colorMode="value",
+        color={"mode": "thresholds"},
         thresholds=_steps(red_above),
         gridPos=GridPos(h=height, w=width, x=0, y=0),
     )
