@@ -61,8 +61,9 @@ def celery_config(cfg: config.Settings) -> dict[str, object]:
         "task_acks_late": True,
         "worker_prefetch_multiplier": cfg.prefetch_multiplier,
         "task_track_started": True,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Events are what the exporter counts; WORKLOAD_TASK_EVENTS=false only for benchmarks.
+        "worker_send_task_events": cfg.task_events,
+        "task_send_sent_event": cfg.task_events,
         "task_default_queue": "default",
         "task_routes": ROUTES,
         "result_expires": cfg.result_expires,

@@ -108,6 +108,7 @@ class Settings:
     unacked_restore_throttle: int | None
     result_expires: int
     prefetch_multiplier: int
+    task_events: bool
     redis_connect_timeout: float
     redis_socket_timeout: float
     retry: RetrySettings
@@ -153,6 +154,7 @@ def load() -> Settings:
         unacked_restore_throttle=_optional_int("WORKLOAD_UNACKED_RESTORE_THROTTLE"),
         result_expires=env_int("WORKLOAD_RESULT_EXPIRES", 86400, minimum=1),
         prefetch_multiplier=env_int("WORKLOAD_PREFETCH_MULTIPLIER", 1, minimum=0),
+        task_events=env_bool("WORKLOAD_TASK_EVENTS", True),
         redis_connect_timeout=env_float("WORKLOAD_REDIS_CONNECT_TIMEOUT", 5.0, minimum=0.1),
         redis_socket_timeout=env_float("WORKLOAD_REDIS_SOCKET_TIMEOUT", 30.0, minimum=2.0),
         retry=RetrySettings(
