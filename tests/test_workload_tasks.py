@@ -25,7 +25,6 @@ from PIL import Image
 from tests.support.procs import CeleryWorker, ProcessTracker, RedisServer, wait_until
 from tests.support.workload_servers import LocalHttpServer, Reply, SmtpSink, png_bytes
 from tests.support.workload_stack import (
-    ALL_QUEUES,
     base_env,
     client_app,
     dlq_json,
@@ -89,11 +88,14 @@ def stack(
             WORKLOAD_LOCK_RETRY_SECONDS="0.1",
             WORKLOAD_HTTP_MAX_BYTES="300000",
         )
-        worker = CeleryWorker(tracker, env, queues=ALL_QUEUES, concurrency=3).start(wait=False)
+        # As deployed: io on a thread pool, the rest on prefork, a separate dead-letter consumer.
+        worker = CeleryWorker(tracker, env, queues=["cpu", "email", "default"], concurrency=3)
+        io_worker = CeleryWorker(tracker, env, queues=["io"], concurrency=4, pool="threads")
         dlq_worker = CeleryWorker(tracker, env, queues=["dead_letter"], concurrency=1)
-        dlq_worker.start(wait=False)
-        worker.wait_ready()
-        dlq_worker.wait_ready()
+        for each in (worker, io_worker, dlq_worker):
+            each.start(wait=False)
+        for each in (worker, io_worker, dlq_worker):
+            each.wait_ready()
         yield Stack(env, server, worker, dlq_worker, client_app(env), http, smtp, tmp)
     finally:
         if request.session.testsfailed > failures_before:
