@@ -217,8 +217,9 @@ def test_email_rate_limit_spaces_the_sends(stack: Stack) -> None:
     assert all(outcome(r)[0] == "SUCCESS" for r in results)
     times = sorted(stack.smtp.handler.to(a)[0].at for a in addresses)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 0.18, gaps
-    assert times[-1] - times[0] >= 0.65, gaps
+    # Arrival times carry some SMTP jitter; unlimited, all four arrive within ~0.1 s.
+    assert min(gaps) >= 0.12, gaps
+    assert times[-1] - times[0] >= 0.6, gaps
 
 
 # --- process_image --------------------------------------------------------------------------
