@@ -3,11 +3,12 @@
 Why two threads. Redis disconnects a pub/sub subscriber whose output buffer passes
 ``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB for 60 s by default) — that is how
 other exporters lose events under load. So one thread does nothing but drain the socket
-(recv releases the GIL) and split the stream into messages with hiredis, and a second thread
-decodes them and applies them to the state. A burst that outruns decoding waits in this
-process's memory, where it is measured (``celery_exporter_event_backlog_bytes``, lag) and
-bounded (``--max-backlog-bytes``; past it messages are dropped *and counted*), instead of in
-Redis, where it would be silently cut off.
+(recv releases the GIL; the thread holds it only to queue each chunk), and a second thread
+parses the stream with hiredis, decodes the messages and applies them to the state. A burst
+that outruns decoding waits in this process's memory, where it is measured
+(``celery_exporter_event_backlog_bytes``, lag, a log line) and bounded
+(``--max-backlog-bytes``; past it messages are only counted as dropped, which is cheap, never
+silently lost), instead of in Redis, where the subscriber would be cut off.
 
 redis-py makes the connection (URL parsing, AUTH/ACL user, SELECT, TLS, keepalive); only
 the hot read loop is ours.
@@ -21,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import hiredis
 import redis
@@ -32,6 +34,8 @@ from exporter.state import State
 log = structlog.get_logger(__name__)
 
 RECV_BYTES = 1 << 20
+BEHIND_BYTES = 32 * 1024 * 1024  # a few hundred ms of a heavy stream: worth a log line
+NEW_CONNECTION = ("new-connection",)
 IDLE_PING_SECONDS = 10.0
 DEAD_AFTER_SECONDS = 30.0
 
@@ -74,16 +78,15 @@ class RedisEventSource:
         self.housekeeping = housekeeping
         self.subscribed = False
         self.reconnects = 0
-        self.dropped = 0  # messages; written by the reader thread only
+        self.dropped = 0  # messages; written by the processor thread only
         self.bytes_in = 0  # written by the reader thread only
         self.bytes_done = 0  # written by the processor thread only
-        self._batches: queue.SimpleQueue[tuple[float, list[bytes], int] | None] = (
-            queue.SimpleQueue()
-        )
+        self._batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._conn: redis.connection.AbstractConnection | None = None
         self._threads: list[threading.Thread] = []
         self._last_drop_log = 0.0
+        self._last_behind_log = 0.0
 
     @property
     def backlog_bytes(self) -> int:
@@ -110,9 +113,9 @@ class RedisEventSource:
         backoff = Backoff()
         while not self._stop.is_set():
             try:
-                sock, reader = self._subscribe()
+                sock = self._subscribe()
                 backoff.reset()
-                self._drain(sock, reader)
+                self._drain(sock)
             except Exception as exc:  # network, protocol, or a bug: never end the thread
                 if self._stop.is_set():
                     break
@@ -123,7 +126,7 @@ class RedisEventSource:
             finally:
                 self._disconnect()
 
-    def _subscribe(self) -> tuple[socket.socket, hiredis.Reader]:
+    def _subscribe(self) -> socket.socket:
         conn = self.client.connection_pool.make_connection()
         self._conn = conn
         conn.connect()
@@ -132,10 +135,15 @@ class RedisEventSource:
         if sock is None:
             raise redis.ConnectionError("connection closed while subscribing")
         sock.settimeout(1.0)
-        return sock, hiredis.Reader()
+        self._batches.put(NEW_CONNECTION)  # the processor starts a fresh RESP parser
+        return sock
 
-    def _drain(self, sock: socket.socket, reader: hiredis.Reader) -> None:
-        """Read until the connection drops; hand each chunk's messages to the processor."""
+    def _drain(self, sock: socket.socket) -> None:
+        """Read until the connection drops, handing raw chunks to the processor.
+
+        Nothing but recv() happens here, so this thread needs the GIL only for an instant
+        per megabyte and keeps Redis's output buffer empty even while decoding falls behind.
+        """
         last_data = last_ping = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -150,49 +158,12 @@ class RedisEventSource:
                 continue
             if not chunk:
                 raise redis.ConnectionError("Redis closed the subscription")
-            received = time.time()
             last_data = time.monotonic()
-            reader.feed(chunk)
-            self._split(reader, received)
-
-    def _split(self, reader: hiredis.Reader, received: float) -> None:
-        messages: list[bytes] = []
-        size = 0
-        while (reply := reader.gets()) is not False:
-            if type(reply) is list and reply and reply[0] == b"pmessage":
-                data = reply[3]
-                messages.append(data)
-                size += len(data)
-            elif type(reply) is list and reply and reply[0] == b"psubscribe":
-                self._subscribed()
-            elif isinstance(reply, hiredis.ReplyError):
-                raise redis.ResponseError(str(reply))
-        if not messages:
-            return
-        if self.backlog_bytes + size > self.max_backlog_bytes:
-            self._drop(len(messages))
-            return
-        self.bytes_in += size
-        self._batches.put((received, messages, size))
-
-    def _subscribed(self) -> None:
-        if self.reconnects:
-            log.info("event subscription restored", pattern=self.pattern)
-        else:
-            log.info("subscribed to events", pattern=self.pattern)
-        self.subscribed = True
-
-    def _drop(self, count: int) -> None:
-        self.dropped += count
-        now = time.monotonic()
-        if now - self._last_drop_log > 10:
-            self._last_drop_log = now
-            log.error(
-                "event backlog full: dropping messages",
-                dropped_total=self.dropped,
-                backlog_bytes=self.backlog_bytes,
-                max_backlog_bytes=self.max_backlog_bytes,
-            )
+            # Past the cap a chunk is only parsed and counted, never decoded: memory stays
+            # bounded by what the cheap path can clear.
+            drop = self.backlog_bytes > self.max_backlog_bytes
+            self.bytes_in += len(chunk)
+            self._batches.put((time.time(), chunk, drop))
 
     def _lost(self, exc: BaseException) -> None:
         if self.subscribed or self.reconnects == 0:
@@ -208,6 +179,7 @@ class RedisEventSource:
     # ------------------------------------------------------------------ processor thread
 
     def _process_forever(self) -> None:
+        parser = hiredis.Reader()
         next_housekeeping = time.monotonic() + 1.0
         while True:
             try:
@@ -216,23 +188,73 @@ class RedisEventSource:
                 batch = ()
             if batch is None:
                 return
-            if batch:
-                self._apply(*batch)
+            if batch is NEW_CONNECTION:
+                parser = hiredis.Reader()
+            elif batch:
+                received, chunk, drop = batch
+                try:
+                    self._apply(parser, received, chunk, drop)
+                except hiredis.ProtocolError:
+                    log.error("unreadable reply stream from Redis; resubscribing")
+                    parser = hiredis.Reader()
+                    self._disconnect()  # the reader reconnects
+                self.bytes_done += len(chunk)
+                self._watch_backlog()
             if self.housekeeping is not None and time.monotonic() >= next_housekeeping:
                 next_housekeeping = time.monotonic() + 1.0
                 self.housekeeping()
 
-    def _apply(self, received: float, messages: list[bytes], size: int) -> None:
+    def _apply(self, parser: hiredis.Reader, received: float, chunk: bytes, drop: bool) -> None:
         state = self.state
-        for data in messages:
-            try:
-                events = decode_envelope(data)
-            except Rejected as exc:
-                state.reject(exc.reason)
+        parser.feed(chunk)
+        while (reply := parser.gets()) is not False:
+            if type(reply) is not list or not reply:
                 continue
-            try:
-                state.apply(events, received)
-            except Exception:  # a bug must cost one message, never the exporter
-                state.reject("internal_error")
-                log.exception("failed to apply an event message")
-        self.bytes_done += size
+            kind = reply[0]
+            if kind == b"pmessage":
+                if drop:
+                    self._drop()
+                    continue
+                try:
+                    events = decode_envelope(reply[3])
+                except Rejected as exc:
+                    state.reject(exc.reason)
+                    continue
+                try:
+                    state.apply(events, received)
+                except Exception:  # a bug must cost one message, never the exporter
+                    state.reject("internal_error")
+                    log.exception("failed to apply an event message")
+            elif kind == b"psubscribe":
+                self._subscribed()
+
+    def _subscribed(self) -> None:
+        if self.reconnects:
+            log.info("event subscription restored", pattern=self.pattern)
+        else:
+            log.info("subscribed to events", pattern=self.pattern)
+        self.subscribed = True
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log > 10:
+            self._last_drop_log = now
+            log.error(
+                "event backlog over its cap: dropping messages (counted)",
+                dropped_total=self.dropped,
+                backlog_bytes=self.backlog_bytes,
+                max_backlog_bytes=self.max_backlog_bytes,
+            )
+
+    def _watch_backlog(self) -> None:
+        """Say so when decoding falls behind: never silently."""
+        backlog = self.backlog_bytes
+        now = time.monotonic()
+        if backlog > BEHIND_BYTES and now - self._last_behind_log > 10:
+            self._last_behind_log = now
+            log.warning(
+                "falling behind the event stream",
+                backlog_bytes=backlog,
+                max_backlog_bytes=self.max_backlog_bytes,
+            )
