@@ -47,8 +47,13 @@ def process(
     """A child in its own process group, stopped (group and all) when the block ends."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -70,11 +75,26 @@ def private_redis(*extra: str) -> Iterator[int]:
         raise SystemExit("redis-server not found: apt-get install redis-server")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as data:
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", data, *extra]  # fmt: skip
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            data,
+            *extra,
+        ]
         with process(argv, Path(data) / "redis.log"):
-            wait_for(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True,
-                     10, "redis-server")  # fmt: skip
+            wait_for(
+                lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True,
+                10,
+                "redis-server",
+            )
             yield port
 
 
@@ -95,7 +115,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "redis": subprocess.run(
             ["redis-server", "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip(),  # fmt: skip
+        ).stdout.strip(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
@@ -103,8 +123,9 @@ def machine() -> dict[str, Any]:
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name
-    path.write_text(json.dumps({"machine": machine(), "command": " ".join(sys.argv), **payload},
-                               indent=2))  # fmt: skip
+    path.write_text(
+        json.dumps({"machine": machine(), "command": " ".join(sys.argv), **payload}, indent=2)
+    )
     return path
 
 

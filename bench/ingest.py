@@ -40,7 +40,7 @@ import click
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import (  # noqa: E402 - runs as a script from the repo root
+from bench.common import (
     PYTHON,
     ROOT,
     Progress,
@@ -53,7 +53,7 @@ from bench.common import (  # noqa: E402 - runs as a script from the repo root
     wait_for,
     write_json,
 )
-from bench.envelopes import Stream  # noqa: E402
+from bench.envelopes import Stream
 
 FLOWER_VENV = ROOT / "bench" / ".venv-flower"
 FLOWER_VERSION = "2.2.0"
@@ -154,9 +154,19 @@ def _cpu_seconds(pid: int) -> float:
 @contextlib.contextmanager
 def run_exporter(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
     web = free_port()
-    argv = [PYTHON, "-m", "exporter", "--broker-url", f"redis://127.0.0.1:{port}/0",
-            "--web.listen-address", f"127.0.0.1:{web}", "--inspect-interval", "0",
-            "--log-level", "WARNING"]  # fmt: skip
+    argv = [
+        PYTHON,
+        "-m",
+        "exporter",
+        "--broker-url",
+        f"redis://127.0.0.1:{port}/0",
+        "--web.listen-address",
+        f"127.0.0.1:{web}",
+        "--inspect-interval",
+        "0",
+        "--log-level",
+        "WARNING",
+    ]
     with process(argv, workdir / "exporter.log") as proc:
         wait_for(lambda: http_json(f"http://127.0.0.1:{web}/readyz")["ready"], 30, "exporter")
         counter = lambda: http_json(f"http://127.0.0.1:{web}/api/status")["events_total"]  # noqa: E731
@@ -167,8 +177,12 @@ def run_exporter(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
 @contextlib.contextmanager
 def run_receiver(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
     status = workdir / "receiver.json"
-    argv = [PYTHON, str(ROOT / "bench" / "baselines" / "receiver_state.py"),
-            f"redis://127.0.0.1:{port}/0", str(status)]  # fmt: skip
+    argv = [
+        PYTHON,
+        str(ROOT / "bench" / "baselines" / "receiver_state.py"),
+        f"redis://127.0.0.1:{port}/0",
+        str(status),
+    ]
     with process(argv, workdir / "receiver.log") as proc:
         wait_for(lambda: json.loads(status.read_text())["ready"], 30, "receiver baseline")
 
@@ -187,8 +201,16 @@ def ensure_flower() -> Path:
     if not celery.exists():
         print(f"installing flower=={FLOWER_VERSION} into {FLOWER_VENV} (once)", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True)
-        subprocess.run([str(FLOWER_VENV / "bin" / "pip"), "install", "-q",
-                        f"flower=={FLOWER_VERSION}", "celery[redis]==5.7.0"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                str(FLOWER_VENV / "bin" / "pip"),
+                "install",
+                "-q",
+                f"flower=={FLOWER_VERSION}",
+                "celery[redis]==5.7.0",
+            ],
+            check=True,
+        )
     return celery
 
 
@@ -198,8 +220,15 @@ FLOWER_EVENTS = re.compile(r"^flower_events_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 @contextlib.contextmanager
 def run_flower(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
     web = free_port()
-    argv = [str(ensure_flower()), "--broker", f"redis://127.0.0.1:{port}/0", "flower",
-            f"--port={web}", "--address=127.0.0.1", "--logging=warning"]  # fmt: skip
+    argv = [
+        str(ensure_flower()),
+        "--broker",
+        f"redis://127.0.0.1:{port}/0",
+        "flower",
+        f"--port={web}",
+        "--address=127.0.0.1",
+        "--logging=warning",
+    ]
     with process(argv, workdir / "flower.log") as proc:
         wait_for(lambda: http_text(f"http://127.0.0.1:{web}/metrics"), 60, "flower")
         client = redis.Redis(port=port)
@@ -240,9 +269,21 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
         with CONSUMERS[name](port, workdir) as count:
             cpu_before = _cpu_seconds(count.pid)  # type: ignore[attr-defined]
             result_file = workdir / "publisher.json"
-            argv = [PYTHON, __file__, "publish", "--port", str(port), "--rate", str(rate),
-                    "--duration", str(args["duration"]), "--pool", str(args["pool"]),
-                    "--out", str(result_file)]  # fmt: skip
+            argv = [
+                PYTHON,
+                __file__,
+                "publish",
+                "--port",
+                str(port),
+                "--rate",
+                str(rate),
+                "--duration",
+                str(args["duration"]),
+                "--pool",
+                str(args["pool"]),
+                "--out",
+                str(result_file),
+            ]
             progress = Progress(f"{name} @ {rate:,}/s")
             publisher = subprocess.Popen(argv)
             started = time.monotonic()
@@ -266,8 +307,12 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
                 time.sleep(0.2)
             cpu = _cpu_seconds(count.pid) - cpu_before  # type: ignore[attr-defined]
     lost = max(0, published["events"] - counted)
-    lossless = (lost == 0 and published["no_receiver"] == 0 and caught_up is not None
-                and caught_up <= args["catch_up"])  # fmt: skip
+    lossless = (
+        lost == 0
+        and published["no_receiver"] == 0
+        and caught_up is not None
+        and caught_up <= args["catch_up"]
+    )
     if published["no_receiver"]:
         note = note or "subscriber disconnected by Redis"
     progress.done(f"published {published['events']:,}, counted {counted:,}, lost {lost:,}")
@@ -319,8 +364,15 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
     help="A lossless trial must count everything within this many seconds.",
 )
 @click.pass_context
-def main(ctx: click.Context, rates: str, duration: float, consumers: str, pool: int,
-         drain: float, catch_up: float) -> None:  # fmt: skip
+def main(
+    ctx: click.Context,
+    rates: str,
+    duration: float,
+    consumers: str,
+    pool: int,
+    drain: float,
+    catch_up: float,
+) -> None:
     """Highest zero-loss event rate per consumer, side by side."""
     if ctx.invoked_subcommand:
         return
@@ -334,18 +386,46 @@ def main(ctx: click.Context, rates: str, duration: float, consumers: str, pool: 
             if not result.lossless:
                 break
             best[name] = rate
-    rows = [(t.consumer, f"{t.target_rate:,}", f"{t.achieved_rate:,}", f"{t.published_events:,}",
-             f"{t.lost:,}", t.no_receiver, t.catch_up_seconds, t.cpu_seconds_per_100k,
-             "yes" if t.lossless else "no", t.note) for t in trials]  # fmt: skip
-    print(table(["consumer", "target ev/s", "achieved ev/s", "published", "lost", "no-receiver",
-                 "catch-up s", "CPU s/100k", "lossless", "note"], rows))  # fmt: skip
+    rows = [
+        (
+            t.consumer,
+            f"{t.target_rate:,}",
+            f"{t.achieved_rate:,}",
+            f"{t.published_events:,}",
+            f"{t.lost:,}",
+            t.no_receiver,
+            t.catch_up_seconds,
+            t.cpu_seconds_per_100k,
+            "yes" if t.lossless else "no",
+            t.note,
+        )
+        for t in trials
+    ]
+    print(
+        table(
+            [
+                "consumer",
+                "target ev/s",
+                "achieved ev/s",
+                "published",
+                "lost",
+                "no-receiver",
+                "catch-up s",
+                "CPU s/100k",
+                "lossless",
+                "note",
+            ],
+            rows,
+        )
+    )
     summary = [(name, f"{best.get(name, 0):,}") for name in consumers.split(",")]
     if best.get("exporter") and best.get("receiver"):
         summary.append(("exporter / receiver", f"{best['exporter'] / best['receiver']:.1f}x"))
     print()
     print(table(["consumer", "highest lossless ev/s"], summary))
-    path = write_json("ingest.json", {"settings": args, "best": best,
-                                      "trials": [asdict(t) for t in trials]})  # fmt: skip
+    path = write_json(
+        "ingest.json", {"settings": args, "best": best, "trials": [asdict(t) for t in trials]}
+    )
     print(f"\nwrote {path}")
 
 
@@ -356,8 +436,9 @@ def main(ctx: click.Context, rates: str, duration: float, consumers: str, pool: 
 @click.option("--pool", type=int, required=True)
 @click.option("--seed", type=int, default=7)
 @click.option("--out", type=click.Path(dir_okay=False), required=True)
-def publish_command(port: int, rate: float, duration: float, pool: int, seed: int,
-                    out: str) -> None:  # fmt: skip
+def publish_command(
+    port: int, rate: float, duration: float, pool: int, seed: int, out: str
+) -> None:
     """Internal: publish at ``rate`` events/s for ``duration`` seconds, then write a result."""
     Path(out).write_text(json.dumps(publish(port, rate, duration, pool, seed)))
 
