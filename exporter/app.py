@@ -231,7 +231,8 @@ def status_document(view: ScrapeView, started_at: float) -> dict[str, Any]:
             "name": name,
             "length": length,
             "oldest_age_seconds": broker.oldest_age.get(name, 0.0),
-            "consumers": broker.consumers.get(name, inspect.workers.get(name))
+            # Same rule as /metrics: after an inspect, a queue no worker consumes has 0.
+            "consumers": broker.consumers.get(name, inspect.workers.get(name, 0))
             if (broker.consumers or inspect.at is not None)
             else None,
         }
@@ -254,12 +255,16 @@ def status_document(view: ScrapeView, started_at: float) -> dict[str, Any]:
         "broker_poll_age_seconds": None
         if broker.polled_at is None
         else snap.now - broker.polled_at,
-        "event_lag_seconds": None if snap.newest_event is None else snap.now - snap.newest_event,
+        "event_lag_seconds": None
+        if snap.newest_event is None
+        else max(0.0, snap.now - snap.newest_event),
         "events_total": sum(snap.events.values()),
         "events_rejected_total": sum(snap.rejected.values()),
+        "events_dropped_total": view.source.dropped,
         "tracked_tasks": snap.tracked,
         "unacked": broker.unacked,
         "unacked_oldest_age_seconds": broker.unacked_oldest_age,
+        "visibility_timeout_seconds": view.visibility_timeout,
         "totals": totals,
         "queues": queues,
         "workers": workers,
