@@ -200,7 +200,10 @@ def test_status_page_shows_the_numbers_metrics_has(procs, redis_server, browser,
     assert figure(page, "succeeded_per_second")["text"].endswith("/s")
     assert float(figure(page, "failed_per_second")["value"]) > 0
     ratio = figure(page, "failure_ratio")
-    assert 0 < float(ratio["value"]) < 1 and ratio["text"].endswith(" %")
+    percent, unit, *high = ratio["text"].split()
+    assert 0 < float(ratio["value"]) < 1 and unit == "%"
+    assert abs(float(percent) - 100 * float(ratio["value"])) <= 0.05
+    assert high == (["high"] if float(percent) > 5 else [])
 
     exporter.wait_for(lambda s: s.value("celery_queue_length", queue_name="dead_letter")
                       == FAIL + MORE_FAIL, message="the new dead letter queued")  # fmt: skip
