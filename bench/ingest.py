@@ -171,6 +171,7 @@ def run_exporter(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
         wait_for(lambda: http_json(f"http://127.0.0.1:{web}/readyz")["ready"], 30, "exporter")
         counter = lambda: http_json(f"http://127.0.0.1:{web}/api/status")["events_total"]  # noqa: E731
         counter.pid = proc.pid  # type: ignore[attr-defined]
+        counter.url = f"http://127.0.0.1:{web}/metrics"  # type: ignore[attr-defined]
         yield counter
 
 
@@ -239,6 +240,7 @@ def run_flower(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
             return int(sum(float(v) for v in FLOWER_EVENTS.findall(text)))
 
         counter.pid = proc.pid  # type: ignore[attr-defined]
+        counter.url = f"http://127.0.0.1:{web}/metrics"  # type: ignore[attr-defined]
         yield counter
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from importlib import resources
@@ -21,7 +23,7 @@ from exporter import __version__
 from exporter.collector import ObservatoryCollector, ScrapeView, SourceStatus, families, gather
 from exporter.config import Config
 from exporter.exposition import CONTENT_TYPE, TextRenderer
-from exporter.http import Endpoints, ExporterApp, HttpServer
+from exporter.http import Endpoints, ExporterApp, HttpServer, RequestPriority
 from exporter.inspector import InspectorThread, InspectView
 from exporter.logs import mask_url
 from exporter.poller import AmqpBrokerPoller, PollerThread, RedisBrokerPoller
@@ -119,6 +121,11 @@ class Exporter:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        # The event processor holds the GIL almost all the time under load; with the default
+        # 5 ms switch interval every blocking call of a scrape (accept, read, write) waits up
+        # to 5 ms to get it back. 1 ms keeps scrapes fast at a small cost to ingest
+        # (bench/RESULTS.md, "Scrape latency").
+        sys.setswitchinterval(float(os.environ.get("CELERY_EXPORTER_SWITCH_INTERVAL", "0.001")))
         endpoints = Endpoints(
             metrics_text=self.render_text,
             metrics_openmetrics=lambda: openmetrics.exposition.generate_latest(self.registry),
@@ -129,7 +136,10 @@ class Exporter:
             index_html=resources.files("exporter").joinpath("static/index.html").read_bytes(),
         )
         self.http = HttpServer(
-            ExporterApp(endpoints, self.web), self.config.listen_address, self.web.ssl_context
+            ExporterApp(endpoints, self.web),
+            self.config.listen_address,
+            self.web.ssl_context,
+            RequestPriority(self.source.yield_to_requests),
         )
         self.source.start()
         self.poller.start()

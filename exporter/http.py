@@ -71,6 +71,16 @@ class ExporterApp:
             return self._unauthorized(start_response)
         else:
             status, ctype, body = route(environ)
+        return self._respond(environ, start_response, status, ctype, body)
+
+    def _respond(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        status: str,
+        ctype: str,
+        body: bytes,
+    ) -> list[bytes]:
         headers = [("Content-Type", ctype), *self.web.headers.items()]
         if len(body) > 1024 and "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             body = gzip.compress(body, compresslevel=1)
@@ -121,6 +131,29 @@ class ExporterApp:
         return "200 OK", "application/json", orjson.dumps(self.endpoints.status())
 
 
+class RequestPriority:
+    """Counts requests in flight; ``on_change(True)`` when the first starts, ``False`` at the
+    end of the last. The event source parks its processor meanwhile, so a scrape gets the
+    GIL instead of sharing it with decoding (the socket reader keeps draining: no loss)."""
+
+    def __init__(self, on_change: Callable[[bool], None]) -> None:
+        self.on_change = on_change
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._active += 1
+            if self._active == 1:
+                self.on_change(True)
+
+    def end(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                self.on_change(False)
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http request", request=format % args)
@@ -130,6 +163,25 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
     ssl_context: ssl.SSLContext | None = None
+    priority: RequestPriority | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # From accept to the last byte written, event processing yields to the request.
+        if self.priority is not None:
+            self.priority.begin()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            if self.priority is not None:
+                self.priority.end()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self.priority is not None:
+                self.priority.end()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.ssl_context is None:
@@ -167,7 +219,13 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 class HttpServer:
     """Serves an ``ExporterApp`` in a background thread."""
 
-    def __init__(self, app: ExporterApp, address: str, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        app: ExporterApp,
+        address: str,
+        ssl_context: ssl.SSLContext | None,
+        priority: RequestPriority | None = None,
+    ) -> None:
         host, port = parse_listen_address(address)
         candidates = [host] if host else ["::", "0.0.0.0"]
         for i, candidate in enumerate(candidates):
@@ -182,6 +240,7 @@ class HttpServer:
                 if i == len(candidates) - 1 or exc.errno == errno.EADDRINUSE:
                     raise
         self.server.ssl_context = ssl_context
+        self.server.priority = priority
         self.port: int = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 

@@ -42,6 +42,9 @@ class ReceiverEventSource:
         self._receiver: Any = None
         self._next_housekeeping = 0.0
 
+    def yield_to_requests(self, active: bool) -> None:
+        """HTTP requests do not pause this (slower, kombu-driven) source."""
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="events-receiver", daemon=True)
         self._thread.start()

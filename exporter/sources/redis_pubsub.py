@@ -36,6 +36,8 @@ log = structlog.get_logger(__name__)
 RECV_BYTES = 1 << 20
 BEHIND_BYTES = 32 * 1024 * 1024  # a few hundred ms of a heavy stream: worth a log line
 NEW_CONNECTION = ("new-connection",)
+MAX_SCRAPE_PAUSE_SECONDS = 0.5
+GATHER_SECONDS = 0.005
 IDLE_PING_SECONDS = 10.0
 DEAD_AFTER_SECONDS = 30.0
 
@@ -87,6 +89,25 @@ class RedisEventSource:
         self._threads: list[threading.Thread] = []
         self._last_drop_log = 0.0
         self._last_behind_log = 0.0
+        # Scrapes come first: while one is served, the processor parks (the reader keeps
+        # draining the socket, so nothing is lost; the backlog absorbs the pause).
+        self.scrape_waiting = False
+        self._scrape_done = threading.Event()
+        self._scrape_done.set()
+
+    def yield_to_requests(self, active: bool) -> None:
+        """Called by the HTTP server: park the processor while requests are in flight."""
+        if active:
+            self._scrape_done.clear()
+            self.scrape_waiting = True
+        else:
+            self.scrape_waiting = False
+            self._scrape_done.set()
+
+    def _yield_to_scrape(self) -> None:
+        # Bounded: a slow scraper may delay ingest by at most this, once per scrape.
+        self._scrape_done.wait(MAX_SCRAPE_PAUSE_SECONDS)
+        self.scrape_waiting = False
 
     @property
     def backlog_bytes(self) -> int:
@@ -159,6 +180,10 @@ class RedisEventSource:
             if not chunk:
                 raise redis.ConnectionError("Redis closed the subscription")
             last_data = time.monotonic()
+            if len(chunk) < RECV_BYTES:
+                # Drained: let a few ms of stream gather in the kernel buffer rather than wake
+                # (and take the GIL from decoding or a scrape) for every packet.
+                time.sleep(GATHER_SECONDS)
             # Past the cap a chunk is only parsed and counted, never decoded: memory stays
             # bounded by what the cheap path can clear.
             drop = self.backlog_bytes > self.max_backlog_bytes
@@ -210,6 +235,8 @@ class RedisEventSource:
         while (reply := parser.gets()) is not False:
             if type(reply) is not list or not reply:
                 continue
+            if self.scrape_waiting:
+                self._yield_to_scrape()
             kind = reply[0]
             if kind == b"pmessage":
                 if drop:
