@@ -206,7 +206,7 @@ def main(ids: int, caps: str, consumers: str, flower_cap: int) -> None:
             r["rss_before_mib"],
             r["rss_end_mib"],
             r["bytes_per_tracked_task"],
-            r["growth_after_cap_mib"],
+            r["growth_after_2x_cap_mib"],
         )
         for r in results
     ]
