@@ -220,7 +220,7 @@ def main(ids: int, caps: str, consumers: str, flower_cap: int) -> None:
                 "RSS before MiB",
                 "RSS end MiB",
                 "bytes/task",
-                "growth after cap MiB",
+                "growth after 2x cap MiB",
             ],
             rows,
         )
