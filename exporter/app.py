@@ -101,7 +101,9 @@ class Exporter:
             )
         self.poller = PollerThread(poller, config.broker_poll_interval, self.watched_queues)
         self.inspector = (
-            InspectorThread(self.app, config.inspect_interval, config.inspect_timeout)
+            InspectorThread(
+                self.app, config.inspect_interval, config.inspect_timeout, self._learn_queues
+            )
             if config.inspect_interval > 0
             else None
         )
@@ -141,6 +143,7 @@ class Exporter:
             self.web.ssl_context,
             RequestPriority(self.source.yield_to_requests),
         )
+        self._rebuild_index()
         self.source.start()
         self.poller.start()
         if self.inspector is not None:
@@ -181,6 +184,30 @@ class Exporter:
         if self.inspector is not None:
             queues.update(self.inspector.view.workers)
         return queues - NOT_A_QUEUE
+
+    def _rebuild_index(self) -> None:
+        """A restarted exporter learns the tasks already running from the broker's unacked
+        deliveries, so their started/succeeded events keep their name and queue."""
+        poller = self.poller.poller
+        if not isinstance(poller, RedisBrokerPoller):
+            return
+        try:
+            tasks = poller.inflight_tasks(self.config.state.max_tracked_tasks)
+        except Exception as exc:  # broker down, or an ACL user without HSCAN on unacked
+            log.warning(
+                "could not read in-flight tasks; their labels may be 'unknown'", error=str(exc)
+            )
+            return
+        if tasks:
+            log.info(
+                "task index rebuilt from unacked deliveries", tasks=self.state.seed_inflight(tasks)
+            )
+
+    def _learn_queues(self, view: InspectView) -> None:
+        """Runs on the inspector thread: which queue each single-queue worker serves."""
+        self.state.worker_queue = {
+            worker: queues[0] for worker, queues in view.queues_of.items() if len(queues) == 1
+        }
 
     def _housekeeping(self) -> None:
         """Runs on the event thread (the state's owner) about once a second."""

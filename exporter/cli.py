@@ -25,7 +25,9 @@ DEFAULT_BROKER = "redis://localhost:6379/0"
 
 
 def _env(flag: str) -> str:
-    return PREFIX + flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
+    """``--a.b-c`` -> ``CELERY_EXPORTER_A_B_C`` (for ``--x/--no-x`` switches, from ``--x``)."""
+    name = flag.split("/")[0].lstrip("-")
+    return PREFIX + name.replace(".", "_").replace("-", "_").upper()
 
 
 def option(flag: str, *args: Any, **kwargs: Any) -> Any:
@@ -242,6 +244,25 @@ def command(**flags: Any) -> None:
     if not config.wait_for_broker:
         check_broker(config)
     run(config, web)
+
+
+def flags_table() -> str:
+    """Every flag, its env var, default and help, as a Markdown table (README, generated)."""
+    rows = ["| flag | env var | default | what it does |", "| --- | --- | --- | --- |"]
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.hidden or not param.envvar:
+            continue
+        flags = " / ".join(f"`{o}`" for o in (*param.opts, *param.secondary_opts))
+        envvar = (
+            param.envvar if isinstance(param.envvar, str) else " then ".join(param.envvar or [])
+        )
+        default = param.show_default if isinstance(param.show_default, str) else param.default
+        if param.is_flag and not param.secondary_opts:
+            default = "off"
+        default_text = "—" if default in (None, "", ()) else f"`{default}`"
+        help_text = (param.help or "").replace("|", "\\|")
+        rows.append(f"| {flags} | `{envvar}` | {default_text} | {help_text} |")
+    return "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

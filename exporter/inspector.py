@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +29,14 @@ class InspectView:
     at: float | None = None
     workers: dict[str, int] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
+    queues_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # worker -> its queues
 
 
 def summarize(active_queues: dict[str, Any], stats: dict[str, Any], now: float) -> InspectView:
     """Fold inspect replies (``{worker: [queue info...]}``, ``{worker: stats}``) per queue."""
     workers: Counter[str] = Counter()
     processes: Counter[str] = Counter()
+    queues_of: dict[str, tuple[str, ...]] = {}
     for worker, queue_infos in (active_queues or {}).items():
         pool = (stats or {}).get(worker, {}).get("pool", {}) if isinstance(stats, dict) else {}
         size = pool.get("max-concurrency") or len(pool.get("processes", []) or [])
@@ -42,14 +45,24 @@ def summarize(active_queues: dict[str, Any], stats: dict[str, Any], now: float) 
             if isinstance(name, str):
                 workers[name] += 1
                 processes[name] += int(size or 0)
-    return InspectView(at=now, workers=dict(workers), processes=dict(processes))
+                queues_of[worker] = (*queues_of.get(worker, ()), name)
+    return InspectView(
+        at=now, workers=dict(workers), processes=dict(processes), queues_of=queues_of
+    )
 
 
 class InspectorThread:
     """Broadcasts ``active_queues`` and ``stats`` every ``interval`` seconds."""
 
-    def __init__(self, app: Celery, interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        interval: float,
+        timeout: float,
+        on_view: Callable[[InspectView], None] | None = None,
+    ) -> None:
         self.app = app
+        self.on_view = on_view
         self.interval = interval
         self.timeout = timeout
         self.view = InspectView()
@@ -81,6 +94,8 @@ class InspectorThread:
             log.info("inspect recovered")
         self._failing = False
         self.view = view
+        if self.on_view is not None:
+            self.on_view(view)
 
     def _run(self) -> None:
         while not self._stop.is_set():

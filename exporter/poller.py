@@ -150,6 +150,18 @@ class RedisBrokerPoller:
             unacked_oldest_age=max(0.0, now - first[0][1]) if first else 0.0,
         )
 
+    def inflight_tasks(self, limit: int) -> list[tuple[str, str, str]]:
+        """Tasks delivered but not acknowledged (``unacked``): what a restarted exporter
+        needs to label the events of tasks already running. At most ``limit``."""
+        tasks = []
+        for _tag, value in self.client.hscan_iter(self.prefix + "unacked", count=1000):
+            task = inflight_task(value)
+            if task is not None:
+                tasks.append(task)
+                if len(tasks) >= limit:
+                    break
+        return tasks
+
     def _head_age(
         self, sublist: str, head: bytes, now: float, seen: dict[str, tuple[str, float]]
     ) -> float:
@@ -159,6 +171,22 @@ class RedisBrokerPoller:
         first_seen = previous[1] if previous and previous[0] == tag else now
         seen[sublist] = (tag, first_seen)
         return max(0.0, now - (sent if sent is not None else first_seen))
+
+
+def inflight_task(value: bytes) -> tuple[str, str, str] | None:
+    """(task id, task name, queue) of an ``unacked`` hash value, reading only the envelope.
+
+    kombu stores ``[message, exchange, routing_key]``; the body is never decoded.
+    """
+    try:
+        message, _exchange, routing_key = orjson.loads(value)
+        headers = message["headers"]
+        task_id, name = headers["id"], headers["task"]
+    except (orjson.JSONDecodeError, ValueError, TypeError, KeyError):
+        return None
+    if not all(isinstance(v, str) and v for v in (task_id, name, routing_key)):
+        return None
+    return task_id, name, routing_key
 
 
 class AmqpBrokerPoller:

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 UNKNOWN = "unknown"
 REJECT_LOG_INTERVAL = 60.0
+NAN = float("nan")
 DEFAULT_QUEUE = UNKNOWN
 _EXCEPTION_CLASS = re.compile(r"^([\w.]+)\(")
 
@@ -161,6 +162,9 @@ class State:
         self.newest_event: float | None = None
         self._known_sets: set[tuple[str, ...]] = set()
         self._reject_logged_at: dict[str, float] = {}
+        # Worker node name -> the one queue it consumes (from inspect), for tasks whose
+        # task-sent the exporter never saw. Replaced whole by the inspector thread.
+        self.worker_queue: dict[str, str] = {}
         self._handlers = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
@@ -228,7 +232,9 @@ class State:
 
     def _labels(self, name: str | None, hostname: str, queue: str | None) -> tuple[str, ...]:
         """The (name, hostname, queue) label set of a worker-side event, made known at 0."""
-        key = (name or UNKNOWN, self.hosts.get(hostname), queue or DEFAULT_QUEUE)
+        if not queue:
+            queue = self.worker_queue.get(hostname) or DEFAULT_QUEUE
+        key = (name or UNKNOWN, self.hosts.get(hostname), queue)
         if key not in self._known_sets:
             self._make_known(key)
         worker = self.workers.get(key[1])
@@ -362,6 +368,15 @@ class State:
             worker.processed = processed
             if worker.first_processed is None or processed < worker.first_processed:
                 worker.first_processed = processed  # a restarted worker counts from 0 again
+
+    def seed_inflight(self, tasks: Iterable[tuple[str, str, str]]) -> int:
+        """Put tasks known to be in flight (from the broker) into the index; before ingest
+        starts, so the one-writer rule holds."""
+        n = 0
+        for uuid, name, queue in tasks:
+            self.index.sent(uuid, self.names.get(name), self.queues.get(queue), NAN, NAN)
+            n += 1
+        return n
 
     def worker_up(self, worker: Worker, now: float) -> bool:
         timeout = self.options.worker_timeout or 3 * worker.freq

@@ -278,7 +278,9 @@ class RedisEventSource:
         """Say so when decoding falls behind: never silently."""
         backlog = self.backlog_bytes
         now = time.monotonic()
-        if backlog > BEHIND_BYTES and now - self._last_behind_log > 10:
+        if backlog > min(BEHIND_BYTES, self.max_backlog_bytes // 2) and (
+            now - self._last_behind_log > 10
+        ):
             self._last_behind_log = now
             log.warning(
                 "falling behind the event stream",
