@@ -68,12 +68,15 @@ def resp_publish(channel: str, data: bytes) -> bytes:
     return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ch), ch, len(data), data)
 
 
-def build_pool(size: int, seed: int) -> tuple[list[bytes], list[int]]:
-    commands, events = [], []
+def build_pool(size: int, seed: int) -> tuple[list[bytes], list[int], list[int]]:
+    """RESP commands, events per message, and task events per message (Flower counts only
+    task events in flower_events_total; heartbeats are worker events)."""
+    commands, events, task_events = [], [], []
     for channel, data, n in itertools.islice(Stream(seed=seed).messages(), size):
         commands.append(resp_publish(channel, data))
         events.append(n)
-    return commands, events
+        task_events.append(0 if "/worker." in channel else n)
+    return commands, events, task_events
 
 
 class ReplyCounter(threading.Thread):
@@ -99,13 +102,13 @@ class ReplyCounter(threading.Thread):
 
 
 def publish(port: int, rate: float, duration: float, pool: int, seed: int) -> dict[str, Any]:
-    commands, events = build_pool(pool, seed)
+    commands, events, task_events = build_pool(pool, seed)
     msg_rate = rate / (sum(events) / len(events))
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     replies = ReplyCounter(sock)
     replies.start()
-    sent = published_events = 0
+    sent = published_events = published_task_events = 0
     index = 0
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < duration:
@@ -114,14 +117,17 @@ def publish(port: int, rate: float, duration: float, pool: int, seed: int) -> di
             end = index + due
             chunk = commands[index:end]
             counts = events[index:end]
+            task_counts = task_events[index:end]
             while len(chunk) < due:  # wrap around the pool
                 rest = due - len(chunk)
                 chunk += commands[:rest]
                 counts += events[:rest]
+                task_counts += task_events[:rest]
             index = end % len(commands)
             sock.sendall(b"".join(chunk))
             sent += due
             published_events += sum(counts)
+            published_task_events += sum(task_counts)
         time.sleep(0.002)
     elapsed = time.monotonic() - start
     deadline = time.monotonic() + 60
@@ -131,6 +137,7 @@ def publish(port: int, rate: float, duration: float, pool: int, seed: int) -> di
     return {
         "messages": sent,
         "events": published_events,
+        "task_events": published_task_events,
         "seconds": elapsed,
         "replies": replies.replies,
         "no_receiver": replies.no_receiver,
@@ -295,6 +302,8 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
                     progress.update(f"{time.monotonic() - started:5.1f}s counted {count():,}")
                 time.sleep(0.5)
             published = json.loads(result_file.read_text())
+            # Flower's flower_events_total counts task events only.
+            expected = published["task_events" if name == "flower" else "events"]
             ended = time.monotonic()
             counted, caught_up = 0, None
             while time.monotonic() - ended < args["drain"]:
@@ -303,12 +312,12 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
                 except Exception as exc:  # the consumer died or stopped answering
                     note = f"consumer failed: {exc}"[:120]
                     break
-                if counted >= published["events"]:
+                if counted >= expected:
                     caught_up = time.monotonic() - ended
                     break
                 time.sleep(0.2)
             cpu = _cpu_seconds(count.pid) - cpu_before  # type: ignore[attr-defined]
-    lost = max(0, published["events"] - counted)
+    lost = max(0, expected - counted)
     lossless = (
         lost == 0
         and published["no_receiver"] == 0
@@ -321,7 +330,7 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
     return Trial(
         consumer=name,
         target_rate=rate,
-        published_events=published["events"],
+        published_events=expected,
         counted=counted,
         lost=lost,
         no_receiver=published["no_receiver"],
