@@ -160,3 +160,60 @@ class Progress:
         self.update(text, force=True)
         if self.tty:
             sys.stderr.write("\n")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds of every live process in a process group (a worker and its pool)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def load_average() -> float:
+    """The 1-minute load average."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def cpu_sample() -> tuple[int, int]:
+    """(total, idle) jiffies of all CPUs from /proc/stat; two samples give a busy fraction."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # idle + iowait
+
+
+def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Fraction of all CPUs busy between two cpu_sample() readings."""
+    return 1.0 - (after[1] - before[1]) / max(1, after[0] - before[0])
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over the next ``seconds``: is someone else running?"""
+    before = cpu_sample()
+    time.sleep(seconds)
+    return busy_between(before, cpu_sample())
+
+
+def wait_until_quiet(max_load: float = 0.8, timeout: float = 600.0, poll: float = 10.0) -> float:
+    """Wait (up to ``timeout``) until the 1-minute load average is below ``max_load``.
+
+    The machine is shared: a measurement taken while someone else's tests run says little.
+    Returns the load average when the wait ended; a timeout is not an error (the caller
+    records the load next to its figures).
+    """
+    progress = Progress("waiting for a quiet machine")
+    deadline = time.monotonic() + timeout
+    while (load := load_average()) >= max_load and time.monotonic() < deadline:
+        progress.update(f"load {load:.2f} >= {max_load}", force=True)
+        time.sleep(poll)
+    if load >= max_load:
+        progress.done(f"gave up after {timeout:.0f} s: load {load:.2f}")
+    return load
