@@ -7,7 +7,9 @@ Without ``--worker`` it uses workers that already consume the ``default`` queue 
 CELERY_BROKER_URL. With ``--redis-server`` it starts a private redis-server on a free port
 first; with ``--worker ARGS`` (repeatable) it starts
 ``celery -A workload.app worker -Q default -E ARGS`` for the run and stops it afterwards.
-Prints tasks/s with a progress bar and writes the figures as JSON (``--out``).
+Prints tasks/s with a progress line and writes the figures as JSON (``--out``).
+
+bench/workload.py runs the same group over a table of settings with these functions.
 """
 
 from __future__ import annotations
@@ -18,11 +20,8 @@ import json
 import os
 import platform
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,94 +29,98 @@ from typing import Any
 
 import click
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench" / "out" / "article.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import OUT, PYTHON, ROOT, Progress, private_redis, process
+
+DEFAULT_OUT = OUT / "article.json"
+TASK = "workload.tasks.dummy_task"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def private_redis() -> Iterator[str]:
-    """A throw-away redis-server on a free port (never the one on 6379)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise click.ClickException("redis-server not found: apt-get install redis-server")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as data:
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", data]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-def worker_argv(args: str, index: int) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workload.app", "worker", "-Q", "default",
-            "-E", "-l", "WARNING", "--without-gossip", "--without-mingle",
-            "-n", f"bench{index}@%h", *shlex.split(args)]  # fmt: skip
+def worker_argv(
+    args: str, index: int, app_module: str = "workload.app", events: bool = True
+) -> list[str]:
+    """``celery -A <app> worker -Q default [-E] ...`` for one benchmark worker."""
+    return [PYTHON, "-m", "celery", "-A", app_module, "worker", "-Q", "default",
+            *(["-E"] if events else []), "-l", "WARNING", "--without-gossip",
+            "--without-mingle", "-n", f"bench{index}@%h", *shlex.split(args)]  # fmt: skip
 
 
 @contextlib.contextmanager
-def workers(specs: tuple[str, ...], env: dict[str, str], app: Any) -> Iterator[list[str]]:
-    """Start the requested workers and wait until each answers a ping."""
-    procs = []
-    commands = [worker_argv(spec, i) for i, spec in enumerate(specs)]
-    try:
-        for argv in commands:
-            procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, start_new_session=True))
+def workers(
+    specs: tuple[str, ...],
+    env: dict[str, str],
+    app: Any,
+    logs: Path,
+    app_module: str = "workload.app",
+    events: bool = True,
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start the requested workers, wait until each answers a ping, stop them afterwards.
+
+    Each worker leads its own process group (its pool processes included).
+    """
+    commands = [worker_argv(spec, i, app_module, events) for i, spec in enumerate(specs)]
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(process(argv, logs / f"worker{i}.log", env))
+            for i, argv in enumerate(commands)
+        ]
         deadline = time.monotonic() + 60
         while specs and len(app.control.ping(timeout=0.5) or []) < len(specs):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise click.ClickException("the benchmark workers did not start")
-        yield [shlex.join(argv[1:]) for argv in commands]
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 15)
-        for proc in procs:
-            proc.wait(timeout=60)
+                raise click.ClickException(f"the benchmark workers did not start; see {logs}")
+        yield procs
 
 
-def run(n: int, timeout: float, app: Any) -> dict[str, Any]:
+def command_lines(procs: list[subprocess.Popen[bytes]]) -> list[str]:
+    """The workers' command lines as run (without the interpreter path)."""
+    return [shlex.join(list(proc.args)[1:]) for proc in procs]  # type: ignore[arg-type]
+
+
+def publish_group(n: int) -> tuple[Any, float]:
+    """Send the article's group of N dummy_task; returns its result and the seconds taken."""
     from celery import group
 
     from workload.tasks import dummy_task
 
     started = time.perf_counter()
     result = group(dummy_task.s(i) for i in range(n)).apply_async()
-    published = time.perf_counter()
-    total = 0
-    with click.progressbar(length=n, label="results", file=sys.stderr) as bar:
+    return result, time.perf_counter() - started
 
-        def arrived(_task_id: str, value: int) -> None:
-            nonlocal total
-            total += value
-            bar.update(1)
 
-        result.join_native(timeout=timeout, callback=arrived)
-    finished = time.perf_counter()
+def join_results(result: Any, n: int, timeout: float) -> None:
+    """Wait for every result (the article's completion signal) and check their sum."""
+    total = arrived_count = 0
+    progress = Progress("results")
+
+    def arrived(_task_id: str, value: int) -> None:
+        nonlocal total, arrived_count
+        total += value
+        arrived_count += 1
+        progress.update(f"{arrived_count:,}/{n:,}")
+
+    result.join_native(timeout=timeout, callback=arrived)
+    progress.done(f"{arrived_count:,}/{n:,}")
     if total != n * (n - 1) // 2:
         raise click.ClickException(f"wrong results: sum {total}, expected {n * (n - 1) // 2}")
+
+
+def figures(n: int, started: float, publish_seconds: float, finished: float) -> dict[str, Any]:
     elapsed = finished - started
     return {
         "tasks": n,
         "seconds": round(elapsed, 3),
         "tasks_per_second": round(n / elapsed, 1),
-        "publish_seconds": round(published - started, 3),
-        "publish_per_second": round(n / (published - started), 1),
+        "publish_seconds": round(publish_seconds, 3),
+        "publish_per_second": round(n / publish_seconds, 1),
     }
+
+
+def run(n: int, timeout: float) -> dict[str, Any]:
+    """The article's measurement: publish the group, then join every result."""
+    started = time.perf_counter()
+    result, publish_seconds = publish_group(n)
+    join_results(result, n, timeout)
+    return figures(n, started, publish_seconds, time.perf_counter())
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,21 +153,22 @@ def main(n: int, timeout: float, own_redis: bool, worker_specs: tuple[str, ...],
     """Time a group of N dummy_task round trips, as in the article."""
     with contextlib.ExitStack() as stack:
         if own_redis:
-            url = stack.enter_context(private_redis())
-            os.environ["CELERY_BROKER_URL"] = f"{url}/0"
-            os.environ["CELERY_RESULT_BACKEND"] = f"{url}/1"
+            port = stack.enter_context(private_redis())
+            os.environ["CELERY_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+            os.environ["CELERY_RESULT_BACKEND"] = f"redis://127.0.0.1:{port}/1"
         from workload.app import app, settings
 
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        commands = stack.enter_context(workers(worker_specs, env, app))
-        figures = run(n, timeout, app)
+        logs = OUT / "logs" / "article"
+        env = {"PYTHONPATH": str(ROOT)}
+        commands = command_lines(stack.enter_context(workers(worker_specs, env, app, logs)))
+        result = run(n, timeout)
     record = {
         "label": label,
-        **figures,
+        **result,
         "worker_commands": commands,
         "prefetch_multiplier": settings.prefetch_multiplier,
         "acks_late": True,
-        "task_events": True,
+        "task_events": settings.task_events,
         "result_backend": "redis",
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
@@ -174,8 +178,8 @@ def main(n: int, timeout: float, own_redis: bool, worker_specs: tuple[str, ...],
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     click.echo(
-        f"{n} tasks in {figures['seconds']} s: {figures['tasks_per_second']} tasks/s "
-        f"(publishing: {figures['publish_per_second']}/s); written to {out}"
+        f"{n} tasks in {result['seconds']} s: {result['tasks_per_second']} tasks/s "
+        f"(publishing: {result['publish_per_second']}/s); written to {out}"
     )
 
 
