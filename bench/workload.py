@@ -1,0 +1,485 @@
+"""Workload benchmark: the article's 10k-task group over a table of worker settings.
+
+    python bench/workload.py                          # every setting, N=10,000, 3 overhead pairs
+    python bench/workload.py -n 2000 --settings default,events-off --pairs 0
+
+Each trial runs in its own process with its own private redis-server and fresh workers
+(bench/article.py's functions), so settings never leak from one trial into the next:
+
+* results on  -- the article's measurement: publish ``group(dummy_task.s(i) for i in
+                 range(N))`` and join every result (``join_native``), sum checked;
+* results off -- the same group with ``task_ignore_result``; nothing comes back, so the
+                 run ends when the broker is drained (queue and ``unacked`` empty on two
+                 polls 20 ms apart) and a broadcast shows no task active or reserved, and the
+                 workers' own counters (``inspect stats``) must add up to N.
+
+Settings the workload does not expose as environment variables (late acks, ignored results,
+the STARTED state) come from bench/benchapp.py, never from the workload's defaults.
+The exporter's cost is measured as alternating pairs (the same setting without and with the
+exporter subscribed), median of each. Before every trial the script waits until the machine
+is quiet (less than --max-busy of the CPUs in use by anyone).
+
+Prints a table and writes bench/out/workload.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.article import TASK, command_lines, figures, join_results, publish_group, workers
+from bench.common import (
+    PYTHON,
+    ROOT,
+    busy_between,
+    cpu_busy,
+    cpu_sample,
+    group_cpu_seconds,
+    http_json,
+    load_average,
+    private_redis,
+    process_cpu_seconds,
+    table,
+    wait_until_quiet,
+    write_json,
+)
+from bench.ingest import run_exporter
+
+DRAIN_POLL_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: how the workers run and what each task costs them."""
+
+    label: str
+    workers: tuple[str, ...] = ("-P prefork -c 2",)
+    prefetch: int = 1
+    events: bool = True
+    results: bool = True
+    acks_late: bool = True
+    track_started: bool = True
+    ack_emulation: bool = True
+    exporter: bool = False
+    publish: str = "group"  # "loop": the N tasks sent one by one (results off only)
+    note: str = ""
+
+    @property
+    def app_module(self) -> str:
+        """The workload's own app when only its env vars change, else bench/benchapp.py."""
+        production = self.acks_late and self.results and self.track_started
+        return "workload.app" if production and self.ack_emulation else "bench.benchapp"
+
+    def env(self) -> dict[str, str]:
+        """The workers' (and the publisher's) environment for this setting."""
+        flag = lambda value: "true" if value else "false"  # noqa: E731
+        return {
+            "WORKLOAD_PREFETCH_MULTIPLIER": str(self.prefetch),
+            "WORKLOAD_TASK_EVENTS": flag(self.events),
+            "BENCH_ACKS_LATE": flag(self.acks_late),
+            "BENCH_IGNORE_RESULT": flag(not self.results),
+            "BENCH_TRACK_STARTED": flag(self.track_started),
+            "BENCH_ACK_EMULATION": flag(self.ack_emulation),
+        }
+
+
+DEFAULT = Setting("default", note="the workload's production settings")
+SOLO_X2 = ("-P solo", "-P solo")
+# Every delivery guarantee and every extra round trip off: the upper bound of the machine.
+FAST = replace(
+    DEFAULT,
+    label="fast",
+    workers=SOLO_X2,
+    prefetch=64,
+    events=False,
+    results=False,
+    acks_late=False,
+    track_started=False,
+    ack_emulation=False,
+    note="everything off: no events, no results, early acks, no unacked bookkeeping",
+)
+SETTINGS = {
+    s.label: s
+    for s in (
+        # One change at a time from the production settings.
+        DEFAULT,
+        replace(DEFAULT, label="prefetch-4", prefetch=4),
+        replace(DEFAULT, label="prefork-c1", workers=("-P prefork -c 1",)),
+        replace(DEFAULT, label="prefork-c4", workers=("-P prefork -c 4",)),
+        replace(DEFAULT, label="threads-c8", workers=("-P threads -c 8",)),
+        replace(DEFAULT, label="solo-x2", workers=SOLO_X2),
+        replace(DEFAULT, label="events-off", events=False),
+        replace(DEFAULT, label="results-off", results=False),
+        replace(DEFAULT, label="started-off", track_started=False),
+        replace(DEFAULT, label="acks-early", acks_late=False),
+        replace(DEFAULT, label="no-ack-emulation", acks_late=False, ack_emulation=False),
+        # Toward the article's figure: everything off, then one thing back on.
+        FAST,
+        replace(FAST, label="fast-solo-x1", workers=("-P solo",)),
+        replace(FAST, label="fast-prefork-c2", workers=("-P prefork -c 2",)),
+        replace(FAST, label="fast+results", results=True),
+        replace(FAST, label="fast+events", events=True),
+        replace(FAST, label="fast+ack-emulation", ack_emulation=True),
+        replace(FAST, label="fast-loop", publish="loop"),
+        replace(FAST, label="fast-loop-solo-x1", publish="loop", workers=("-P solo",)),
+    )
+}
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def drained(client: Any) -> bool:
+    """Nothing waiting in the queue and nothing delivered but unacknowledged."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen("default").hlen("unacked")
+    return pipe.execute() == [0, 0]
+
+
+def wait_done_without_results(app: Any, n: int, workers_count: int, timeout: float) -> None:
+    """Completion without a result backend: broker drained, then no task left in a worker.
+
+    The first half is exact under late acks (a message leaves ``unacked`` only after its
+    task ran) and a lower bound with early acks, which the broadcast then settles.
+    """
+    import redis
+
+    client = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    deadline = time.monotonic() + timeout
+    quiet_polls = 0
+    while quiet_polls < 2:
+        if time.monotonic() > deadline:
+            raise click.ClickException("the workers did not drain the queue in time")
+        quiet_polls = quiet_polls + 1 if drained(client) else 0
+        time.sleep(DRAIN_POLL_SECONDS)
+    inspect = app.control.inspect(timeout=2.0, limit=workers_count)
+    while any((inspect.active() or {}).values()) or any((inspect.reserved() or {}).values()):
+        if time.monotonic() > deadline:
+            raise click.ClickException("tasks still active after the queue drained")
+
+
+def tasks_run(app: Any, workers_count: int) -> int:
+    """How many dummy_task the workers themselves say they accepted."""
+    stats = app.control.inspect(timeout=2.0, limit=workers_count).stats() or {}
+    return sum(s.get("total", {}).get(TASK, 0) for s in stats.values())
+
+
+def publish_loop(n: int) -> float:
+    """The same N tasks sent one by one on one producer, no group: nothing to join."""
+    from workload.tasks import dummy_task
+
+    started = time.perf_counter()
+    with dummy_task.app.producer_or_acquire() as producer:
+        for i in range(n):
+            dummy_task.apply_async((i,), producer=producer)
+    return time.perf_counter() - started
+
+
+def measure(setting: Setting, n: int, timeout: float, app: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    if setting.results:
+        result, publish_seconds = publish_group(n)
+        join_results(result, n, timeout)
+        return figures(n, started, publish_seconds, time.perf_counter())
+    if setting.publish == "loop":
+        publish_seconds = publish_loop(n)
+    else:
+        _, publish_seconds = publish_group(n)
+    wait_done_without_results(app, n, len(setting.workers), timeout)
+    finished = time.perf_counter()
+    counted = tasks_run(app, len(setting.workers))
+    if counted != n:
+        raise click.ClickException(f"workers ran {counted} tasks, expected {n}")
+    return figures(n, started, publish_seconds, finished)
+
+
+class CpuMeter:
+    """CPU seconds spent by each part of a trial: who pays for a task, and how much."""
+
+    def __init__(self, redis_client: Any, worker_pids: list[int], exporter_pid: int | None):
+        self.redis, self.worker_pids, self.exporter_pid = redis_client, worker_pids, exporter_pid
+        self.start = self.read()
+        self.machine = cpu_sample()
+
+    def read(self) -> dict[str, float]:
+        info = self.redis.info("cpu")
+        return {
+            "client": time.process_time(),  # this process: publishing (and joining results)
+            "workers": sum(group_cpu_seconds(pid) for pid in self.worker_pids),
+            "redis": info["used_cpu_user"] + info["used_cpu_sys"],
+            "exporter": process_cpu_seconds(self.exporter_pid) if self.exporter_pid else 0.0,
+        }
+
+    def per_task_ms(self, n: int) -> dict[str, float]:
+        end = self.read()
+        spent = {part: end[part] - self.start[part] for part in end}
+        return {part: round(1000 * seconds / n, 3) for part, seconds in spent.items()}
+
+    def busy(self) -> float:
+        return round(busy_between(self.machine, cpu_sample()), 3)
+
+
+def run_trial(setting: Setting, n: int, timeout: float) -> dict[str, Any]:
+    """One measurement in this (fresh) process: own Redis, own workers, maybe an exporter."""
+    import redis
+
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(private_redis())
+        os.environ.update(
+            CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+            CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{port}/1",
+            PYTHONPATH=str(ROOT),
+            **setting.env(),
+        )
+        from bench.benchapp import app
+
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="workload-bench-")))
+        exporter = stack.enter_context(run_exporter(port, logs)) if setting.exporter else None
+        procs = stack.enter_context(
+            workers(setting.workers, {}, app, logs, app_module=setting.app_module,
+                    events=setting.events)
+        )  # fmt: skip
+        meter = CpuMeter(
+            redis.Redis(port=port), [p.pid for p in procs], exporter.pid if exporter else None
+        )
+        result = measure(setting, n, timeout, app)
+        result["cpu_ms_per_task"] = meter.per_task_ms(n)
+        result["cpu_busy"] = meter.busy()
+        result["worker_commands"] = command_lines(procs)
+        result["results_stored"] = redis.Redis(port=port, db=1).dbsize()
+        if exporter:
+            result["exporter_succeeded"] = http_json(
+                exporter.url.replace("/metrics", "/api/status")
+            )["totals"].get("succeeded", 0)
+    return result
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Trial:
+    setting: Setting
+    figures: dict[str, Any] = field(default_factory=dict)
+    busy_before: float = 0.0
+    load_before: float = 0.0
+    error: str = ""
+
+
+def quiet_enough(max_busy: float, timeout: float = 300.0) -> float:
+    """Wait until others use less than ``max_busy`` of the CPUs; returns what was seen."""
+    deadline = time.monotonic() + timeout
+    while (busy := cpu_busy(2.0)) > max_busy and time.monotonic() < deadline:
+        print(f"  machine busy ({busy:.0%}); waiting", file=sys.stderr)
+        time.sleep(8.0)
+    return busy
+
+
+def trial_in_subprocess(setting: Setting, n: int, timeout: float, max_busy: float) -> Trial:
+    busy = quiet_enough(max_busy)
+    trial = Trial(setting, busy_before=round(busy, 3), load_before=load_average())
+    with tempfile.TemporaryDirectory(prefix="workload-trial-") as tmp:
+        out = Path(tmp) / "trial.json"
+        argv = [PYTHON, __file__, "trial", "--setting", json.dumps(asdict(setting)),
+                "-n", str(n), "--timeout", str(timeout), "--out", str(out)]  # fmt: skip
+        print(f"== {setting.label}", file=sys.stderr)
+        subprocess.run(argv, check=False)
+        record = json.loads(out.read_text()) if out.exists() else {"error": "trial crashed"}
+    trial.error = record.pop("error", "")
+    trial.figures = record
+    print(f"   {record.get('tasks_per_second', trial.error)} tasks/s", file=sys.stderr)
+    return trial
+
+
+def describe(setting: Setting) -> list[Any]:
+    yes = lambda value: "on" if value else "off"  # noqa: E731
+    return [
+        setting.label,
+        " + ".join(setting.workers),
+        setting.prefetch,
+        yes(setting.events),
+        yes(setting.results),
+        "late" if setting.acks_late else "early",
+        yes(setting.ack_emulation),
+        yes(setting.track_started),
+        yes(setting.exporter),
+    ]
+
+
+HEADERS = ["setting", "workers", "prefetch", "events", "results", "acks", "unacked", "STARTED",
+           "exporter", "tasks/s", "publish/s", "CPU busy", "busy before"]  # fmt: skip
+
+
+def row(trial: Trial) -> list[Any]:
+    f = trial.figures
+    return [
+        *describe(trial.setting),
+        f.get("tasks_per_second", trial.error or "failed"),
+        f.get("publish_per_second", ""),
+        f"{f['cpu_busy']:.0%}" if "cpu_busy" in f else "",
+        f"{trial.busy_before:.0%}",
+    ]
+
+
+CPU_PARTS = ("client", "workers", "redis", "exporter")
+
+
+def cpu_row(trial: Trial, cores: int) -> list[Any]:
+    """CPU milliseconds per task by part; 1000 x cores / total is the machine's ceiling."""
+    per_task = trial.figures.get("cpu_ms_per_task")
+    if not per_task:
+        return [trial.setting.label, *([""] * (len(CPU_PARTS) + 2))]
+    total = sum(per_task.values())
+    return [
+        trial.setting.label,
+        *(f"{per_task[part]:.2f}" for part in CPU_PARTS),
+        f"{total:.2f}",
+        round(1000 * cores / total),
+    ]
+
+
+CPU_HEADERS = ["setting", *(f"{part} ms/task" for part in CPU_PARTS), "total ms/task",
+               "ceiling tasks/s (all cores busy)"]  # fmt: skip
+
+
+def overhead(pairs: list[tuple[Trial, Trial]]) -> dict[str, Any]:
+    """Median tasks/s without and with the exporter, and the throughput cost."""
+    without = [a.figures["tasks_per_second"] for a, _ in pairs if a.figures and _.figures]
+    with_ = [b.figures["tasks_per_second"] for a, b in pairs if a.figures and b.figures]
+    if not without:
+        return {}
+    base, beside = statistics.median(without), statistics.median(with_)
+    cpu = [
+        b.figures["cpu_ms_per_task"]["exporter"] * b.figures["tasks_per_second"] / 1000
+        for _, b in pairs
+        if b.figures
+    ]
+    return {
+        "without": without,
+        "with": with_,
+        "median_without": base,
+        "median_with": beside,
+        "cost_percent": round(100 * (1 - beside / base), 1),
+        "exporter_cores": round(statistics.median(cpu), 3) if cpu else None,
+    }
+
+
+@click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
+@click.option("-n", "--tasks", "n", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--settings",
+    "labels",
+    default=",".join(SETTINGS),
+    show_default=True,
+    help="Which rows to run (comma list).",
+)
+@click.option(
+    "--pairs",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Alternating without/with-exporter pairs of the default setting (0: skip).",
+)
+@click.option("--overhead-setting", default="default", show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True)
+@click.option(
+    "--max-busy",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Start a trial only when less than this fraction of the CPUs is busy.",
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    n: int,
+    labels: str,
+    pairs: int,
+    overhead_setting: str,
+    timeout: float,
+    max_busy: float,
+) -> None:
+    """The article's 10k group over a table of worker settings, and the exporter's cost."""
+    if ctx.invoked_subcommand:
+        return
+    chosen = [label.strip() for label in labels.split(",") if label.strip()]
+    unknown = [label for label in [*chosen, overhead_setting] if label not in SETTINGS]
+    if unknown:
+        raise click.BadParameter(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    load = wait_until_quiet()
+    trials = [trial_in_subprocess(SETTINGS[label], n, timeout, max_busy) for label in chosen]
+    base = SETTINGS[overhead_setting]
+    pair_trials = []
+    without = replace(base, label=f"{base.label} (pair)")
+    beside = replace(base, label=f"{base.label} + exporter", exporter=True)
+    for i in range(pairs):  # alternate the order so a drifting machine load cancels out
+        first, second = (without, beside) if i % 2 == 0 else (beside, without)
+        a, b = (trial_in_subprocess(s, n, timeout, max_busy) for s in (first, second))
+        pair_trials.append((a, b) if i % 2 == 0 else (b, a))
+    cores = os.cpu_count() or 1
+    print(table(HEADERS, [row(t) for t in trials]))
+    print()
+    print(table(CPU_HEADERS, [cpu_row(t, cores) for t in trials]))
+    cost = overhead(pair_trials)
+    if cost:
+        print()
+        print(
+            table(
+                ["setting", "pairs", "tasks/s without (median)", "tasks/s with exporter (median)",
+                 "throughput cost", "exporter CPU (cores)"],
+                [[overhead_setting, pairs, cost["median_without"], cost["median_with"],
+                  f"{cost['cost_percent']}%", cost["exporter_cores"]]],
+            )
+        )  # fmt: skip
+    path = write_json(
+        "workload.json",
+        {
+            "tasks": n,
+            "load_before": load,
+            "trials": [_record(t) for t in trials],
+            "overhead": {**cost, "pairs": [[_record(a), _record(b)] for a, b in pair_trials]},
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+def _record(trial: Trial) -> dict[str, Any]:
+    return {
+        "setting": asdict(trial.setting),
+        **trial.figures,
+        "busy_before": trial.busy_before,
+        "load_before": trial.load_before,
+        "error": trial.error,
+    }
+
+
+@main.command("trial", hidden=True)
+@click.option("--setting", "setting_json", required=True)
+@click.option("-n", "n", type=int, required=True)
+@click.option("--timeout", type=float, required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def trial_command(setting_json: str, n: int, timeout: float, out: Path) -> None:
+    """Internal: one trial in a fresh process; writes its figures to --out."""
+    raw = json.loads(setting_json)
+    setting = Setting(**{**raw, "workers": tuple(raw["workers"])})
+    try:
+        record = run_trial(setting, n, timeout)
+    except Exception as exc:  # recorded in the table rather than ending the whole sweep
+        record = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    out.write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
