@@ -282,6 +282,7 @@ def status_document(view: ScrapeView, started_at: float) -> dict[str, Any]:
             "active": worker.active if view.worker_up[host] else 0,
             "processed": worker.processed,
             "last_heartbeat_age_seconds": max(0.0, snap.now - worker.last_seen),
+            "sends_task_events": worker.sends_task_events,
         }
         for host, worker in sorted(snap.workers.items())
     ]

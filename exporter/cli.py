@@ -143,10 +143,16 @@ Examples:
     help="Seconds to wait for inspect replies.",
 )
 @option(
+    "--enable-events/--no-enable-events",
+    default=False,
+    help="Broadcast enable_events at start and every --enable-events-interval, for workers "
+    "started without -E.",
+)
+@option(
     "--enable-events-interval",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    help="Broadcast enable_events this often (seconds) for workers started without -E; 0 disables.",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    help="Seconds between enable_events broadcasts when --enable-events is on.",
 )
 @option(
     "--visibility-timeout",
@@ -313,7 +319,7 @@ def build_config(flags: dict[str, Any]) -> Config:
         broker_poll_interval=flags["broker_poll_interval"],
         inspect_interval=flags["inspect_interval"],
         inspect_timeout=flags["inspect_timeout"],
-        enable_events_interval=flags["enable_events_interval"],
+        enable_events_interval=flags["enable_events_interval"] if flags["enable_events"] else 0.0,
         visibility_timeout=flags["visibility_timeout"],
         global_keyprefix=flags["global_keyprefix"],
         event_source=flags["event_source"],

@@ -139,10 +139,7 @@ def _worker_families(view: ScrapeView) -> Iterator[Family]:
     yield Family(m.WORKER_PROCESSED, [((h,), w.processed) for h, w in workers.items()])
     yield Family(
         m.WORKER_TASK_EVENTS,
-        [
-            ((h,), int(w.task_events_seen or w.processed == (w.first_processed or 0)))
-            for h, w in workers.items()
-        ],
+        [((h,), int(w.sends_task_events)) for h, w in workers.items()],
     )
 
 

@@ -101,6 +101,11 @@ class Worker:
     online: bool = True
     task_events_seen: bool = False
 
+    @property
+    def sends_task_events(self) -> bool:
+        """False when the worker processed tasks but none of its task events arrived (no -E)."""
+        return self.task_events_seen or self.processed == (self.first_processed or 0)
+
 
 @dataclass
 class Options:

@@ -221,3 +221,36 @@ def test_task_index_stays_at_its_cap_with_ten_times_more_tasks(procs, redis_serv
     )  # fmt: skip
     assert scrape.value("celery_exporter_tracked_tasks") == cap
     assert scrape.value("celery_exporter_tracked_tasks_evicted_total") == 9 * cap
+
+
+def test_worker_without_task_events_is_flagged_and_enable_events_fixes_it(
+    procs, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    env = celery_env(redis_server, WORKLOAD_TASK_EVENTS="false")  # the workload turns them on
+    node = "quiet@test"
+    CeleryWorker(procs, env, queues=["default"], nodename=node, events=False).start()
+    first = ExporterProcess(procs, redis_server.url(0)).start()
+    app = client_app(redis_server)
+    first.wait_for(lambda s: s.value("celery_worker_tasks_processed", hostname=node) == 0,
+                   message="a first heartbeat")  # fmt: skip
+    app.send_task("workload.tasks.dummy_task", (1,), queue="default")
+    first.wait_for(lambda s: s.value("celery_worker_sends_task_events", hostname=node) == 0,
+                   timeout=15, message="a worker without -E flagged")  # fmt: skip
+    status = json.loads(first.get("/api/status")[1])
+    assert [w["sends_task_events"] for w in status["workers"]] == [False]
+    assert first.process is not None
+    first.process.stop()
+
+    second = ExporterProcess(procs, redis_server.url(0), args=["--enable-events"]).start()
+    labels = {"name": "workload.tasks.dummy_task", "hostname": node, "queue_name": "default"}
+
+    def counted(s) -> bool:  # type: ignore[no-untyped-def]
+        # enable_events is a broadcast: tasks sent before the worker handled it stay silent.
+        app.send_task("workload.tasks.dummy_task", (2,), queue="default")
+        return (s.value("celery_task_succeeded_total", **labels) or 0) >= 1
+
+    second.wait_for(counted, timeout=30, message="task events after enable_events")
+    second.wait_for(
+        lambda s: s.value("celery_worker_sends_task_events", hostname=node) == 1,
+        message="the worker no longer flagged",
+    )
