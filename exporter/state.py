@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 UNKNOWN = "unknown"
 REJECT_LOG_INTERVAL = 60.0
 NAN = float("nan")
+AMBIGUOUS = "\x00ambiguous"  # a worker seen serving several queues: never inferred
 DEFAULT_QUEUE = UNKNOWN
 _EXCEPTION_CLASS = re.compile(r"^([\w.]+)\(")
 
@@ -170,6 +171,8 @@ class State:
         # Worker node name -> the one queue it consumes (from inspect), for tasks whose
         # task-sent the exporter never saw. Replaced whole by the inspector thread.
         self.worker_queue: dict[str, str] = {}
+        # Guarded worker hostname -> the one queue its tasks came from so far (or AMBIGUOUS).
+        self._queue_seen: dict[str, str] = {}
         self._handlers = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
@@ -237,15 +240,30 @@ class State:
 
     def _labels(self, name: str | None, hostname: str, queue: str | None) -> tuple[str, ...]:
         """The (name, hostname, queue) label set of a worker-side event, made known at 0."""
-        if not queue:
-            queue = self.worker_queue.get(hostname) or DEFAULT_QUEUE
-        key = (name or UNKNOWN, self.hosts.get(hostname), queue)
+        host = self.hosts.get(hostname)
+        if queue:
+            seen = self._queue_seen.get(host)
+            if seen != queue and seen is not AMBIGUOUS:
+                self._queue_seen[host] = queue if seen is None else AMBIGUOUS
+        else:
+            queue = self._infer_queue(hostname, host)
+        key = (name or UNKNOWN, host, queue)
         if key not in self._known_sets:
             self._make_known(key)
-        worker = self.workers.get(key[1])
+        worker = self.workers.get(host)
         if worker is not None:
             worker.task_events_seen = True
         return key
+
+    def _infer_queue(self, hostname: str, host: str) -> str:
+        """The queue of a task whose task-sent has not been seen (producers without
+        task_send_sent_event, or a worker's event racing ahead of the producer's): the one
+        queue this worker consumes, per inspect, else per the tasks seen so far."""
+        queue = self.worker_queue.get(hostname)
+        if queue:
+            return queue
+        seen = self._queue_seen.get(host)
+        return seen if seen is not None and seen is not AMBIGUOUS else DEFAULT_QUEUE
 
     def _make_known(self, key: tuple[str, ...]) -> None:
         # Every counter of the set appears at 0 so rate() and increase() see the first event.

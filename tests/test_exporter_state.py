@@ -208,3 +208,41 @@ def test_helpers() -> None:
     assert producer_host("gen1234@web-1") == "web-1"
     assert producer_host("cpu@host-1") == "cpu@host-1"
     assert producer_host("general@host") == "general@host"
+
+
+def _event(kind: str, uuid: str, host: str = "w@h", **fields: object) -> dict:
+    return {"type": kind, "hostname": host, "timestamp": 1.0, "uuid": uuid, **fields}
+
+
+def test_a_received_event_racing_ahead_of_task_sent_keeps_the_worker_queue() -> None:
+    state = State()
+    state.apply(
+        [
+            _event("task-sent", "a", "gen1@p", name="t", queue="q"),
+            _event("task-received", "a", name="t"),
+        ],
+        received=1.0,
+    )
+    # The worker's task-received can beat the producer's task-sent (two publishers).
+    state.apply(
+        [
+            _event("task-received", "b", name="t"),
+            _event("task-sent", "b", "gen1@p", name="t", queue="q"),
+        ],
+        received=1.0,
+    )
+    assert state.counters["task-received"] == {("t", "w@h", "q"): 2}
+
+
+def test_a_worker_serving_several_queues_is_never_guessed() -> None:
+    state = State()
+    for uuid, queue in (("a", "q1"), ("b", "q2")):
+        state.apply(
+            [
+                _event("task-sent", uuid, "gen1@p", name="t", queue=queue),
+                _event("task-received", uuid, name="t"),
+            ],
+            received=1.0,
+        )
+    state.apply([_event("task-received", "c", name="t")], received=1.0)
+    assert state.counters["task-received"][("t", "w@h", "unknown")] == 1

@@ -47,17 +47,18 @@ def test_worker_killed_mid_task_is_seen_in_unacked_and_redelivered_once(
 ) -> None:  # type: ignore[no-untyped-def]
     env = celery_env(
         redis_server,
-        WORKLOAD_VISIBILITY_TIMEOUT="3",
+        WORKLOAD_VISIBILITY_TIMEOUT="4",
         WORKLOAD_UNACKED_RESTORE_INTERVAL="1",
         WORKLOAD_UNACKED_RESTORE_THROTTLE="1",
     )
     exporter = ExporterProcess(
-        procs, redis_server.url(0), args=["--worker-timeout", "3", "--visibility-timeout", "3"]
+        procs, redis_server.url(0), args=["--worker-timeout", "3", "--visibility-timeout", "4"]
     ).start()
     first = CeleryWorker(
         procs, env, queues=["default"], nodename="victim@test", concurrency=1
     ).start()
-    client_app(redis_server).send_task(DUMMY, (1,), {"sleep": 4}, queue="default")
+    # Shorter than the visibility timeout: the rescuer's own delivery must not be restored too.
+    client_app(redis_server).send_task(DUMMY, (1,), {"sleep": 2}, queue="default")
     labels = {"name": DUMMY, "queue_name": "default"}
     exporter.wait_for(
         lambda s: s.value("celery_task_started_total", hostname="victim@test", **labels) == 1,
