@@ -211,6 +211,7 @@ class Exporter:
 
     def _housekeeping(self) -> None:
         """Runs on the event thread (the state's owner) about once a second."""
+        self.state.flush_pending()
         now = time.time()
         if now >= self._next_forget:
             self._next_forget = now + FORGET_CHECK_SECONDS

@@ -9,7 +9,6 @@ absent (unknown), not 0.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from typing import Any
 
 import structlog
 from celery import Celery
+
+from exporter.periodic import Periodic
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +52,12 @@ def summarize(active_queues: dict[str, Any], stats: dict[str, Any], now: float) 
     )
 
 
-class InspectorThread:
+class InspectorThread(Periodic):
     """Broadcasts ``active_queues`` and ``stats`` every ``interval`` seconds."""
+
+    thread_name = "inspector"
+    failure_message = "inspect failed; consumer counts stay at their last value"
+    recovery_message = "inspect recovered"
 
     def __init__(
         self,
@@ -61,43 +66,14 @@ class InspectorThread:
         timeout: float,
         on_view: Callable[[InspectView], None] | None = None,
     ) -> None:
+        super().__init__(interval, join_timeout=timeout * 2 + 5)
         self.app = app
-        self.on_view = on_view
-        self.interval = interval
         self.timeout = timeout
+        self.on_view = on_view
         self.view = InspectView()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failing = False
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="inspector", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.timeout * 2 + 5)
-
-    def inspect_once(self) -> None:
-        try:
-            inspect = self.app.control.inspect(timeout=self.timeout)
-            view = summarize(inspect.active_queues() or {}, inspect.stats() or {}, time.time())
-        except Exception as exc:  # broker down, ACL without pidbox rights, bad replies
-            if not self._failing:
-                log.warning(
-                    "inspect failed; consumer counts stay at their last value", error=str(exc)
-                )
-            self._failing = True
-            return
-        if self._failing:
-            log.info("inspect recovered")
-        self._failing = False
-        self.view = view
+    def step(self) -> None:
+        inspect = self.app.control.inspect(timeout=self.timeout)
+        self.view = summarize(inspect.active_queues() or {}, inspect.stats() or {}, time.time())
         if self.on_view is not None:
-            self.on_view(view)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.inspect_once()
-            self._stop.wait(self.interval)
+            self.on_view(self.view)

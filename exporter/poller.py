@@ -16,7 +16,6 @@ background inspect reports.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ import orjson
 import redis
 import structlog
 from kombu import Connection
+
+from exporter.periodic import Periodic
 
 log = structlog.get_logger(__name__)
 
@@ -213,8 +214,12 @@ class AmqpBrokerPoller:
         return BrokerView(up=True, polled_at=now, lengths=lengths, consumers=consumers)
 
 
-class PollerThread:
+class PollerThread(Periodic):
     """Runs a poller every ``interval`` seconds and publishes its ``BrokerView``."""
+
+    thread_name = "broker-poller"
+    failure_message = "broker poll failed; keeping the last figures"
+    recovery_message = "broker poll recovered"
 
     def __init__(
         self,
@@ -222,38 +227,13 @@ class PollerThread:
         interval: float,
         queues: Callable[[], Iterable[str]],
     ) -> None:
+        super().__init__(interval)
         self.poller = poller
-        self.interval = interval
         self.queues = queues
         self.view = BrokerView()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failing = False
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="broker-poller", daemon=True)
-        self._thread.start()
+    def step(self) -> None:
+        self.view = self.poller.poll(self.queues(), time.time())
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def poll_once(self) -> None:
-        try:
-            self.view = self.poller.poll(self.queues(), time.time())
-        except Exception as exc:  # any broker or protocol error: keep the last figures
-            self.view = dataclasses.replace(self.view, up=False)
-            if not self._failing:
-                log.warning("broker poll failed; keeping the last figures", error=str(exc))
-            self._failing = True
-            return
-        if self._failing:
-            log.info("broker poll recovered")
-        self._failing = False
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            self.poll_once()
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+    def failed(self, exc: Exception) -> None:
+        self.view = dataclasses.replace(self.view, up=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,8 @@ UNKNOWN = "unknown"
 REJECT_LOG_INTERVAL = 60.0
 NAN = float("nan")
 AMBIGUOUS = "\x00ambiguous"  # a worker seen serving several queues: never inferred
+PENDING_SECONDS = 1.0
+PENDING_CAP = 10_000
 DEFAULT_QUEUE = UNKNOWN
 _EXCEPTION_CLASS = re.compile(r"^([\w.]+)\(")
 
@@ -173,6 +176,9 @@ class State:
         self.worker_queue: dict[str, str] = {}
         # Guarded worker hostname -> the one queue its tasks came from so far (or AMBIGUOUS).
         self._queue_seen: dict[str, str] = {}
+        # task-received events waiting for their task-sent: uuid -> hostname, and expiry order.
+        self._pending: dict[str, str] = {}
+        self._pending_order: deque[tuple[float, str]] = deque()
         self._handlers = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
@@ -208,6 +214,11 @@ class State:
                     raise InvalidEvent("hostname")
                 if type(timestamp) is not float and type(timestamp) is not int:
                     raise InvalidEvent("timestamp")
+                if self._pending and kind not in ("task-sent", "task-received"):
+                    # A later event of a task whose task-received waits: count that first.
+                    uuid = event.get("uuid")
+                    if type(uuid) is str and uuid in self._pending:
+                        self._release(uuid)
                 handler(event, hostname, timestamp, received)
             except InvalidEvent as exc:
                 self.reject(f"invalid_{exc.args[0]}")
@@ -287,6 +298,8 @@ class State:
         key = (name, self.hosts.get(producer_host(hostname)), queue)
         counter = self.counters["task-sent"]
         counter[key] = counter.get(key, 0) + 1
+        if uuid in self._pending:
+            self._release(uuid)
 
     def _task_received(
         self, event: dict[str, Any], hostname: str, ts: float, received: float
@@ -295,7 +308,41 @@ class State:
         name = self._name(event)
         self.index.received(uuid, name, parse_eta(event.get("eta")))
         _, queue, _ = self.index.lookup(uuid)
+        if queue is None and self._should_wait_for_sent(hostname):
+            self._pending[uuid] = hostname
+            self._pending_order.append((time.monotonic() + PENDING_SECONDS, uuid))
+            return
         self._count("task-received", self._labels(name, hostname, queue))
+
+    def _should_wait_for_sent(self, hostname: str) -> bool:
+        """Whether a task-received with no queue yet should wait for its task-sent.
+
+        The producer and the worker publish on separate connections, so a worker that takes
+        a message at once can get its task-received here before the producer's task-sent.
+        Wait (up to PENDING_SECONDS) only when producers do send task-sent events and the
+        worker's queue cannot be inferred."""
+        return (
+            bool(self.counters["task-sent"])
+            and len(self._pending) < PENDING_CAP
+            and self._infer_queue(hostname, self.hosts.get(hostname)) == DEFAULT_QUEUE
+        )
+
+    def _release(self, uuid: str) -> None:
+        """Count a waiting task-received, with the queue known by now (or inferred)."""
+        hostname = self._pending.pop(uuid)
+        name, queue, _ = self.index.lookup(uuid)
+        self._count("task-received", self._labels(name, hostname, queue))
+
+    def flush_pending(self) -> None:
+        """Count the task-received events whose task-sent did not come in time."""
+        order = self._pending_order
+        if not order:
+            return
+        now = time.monotonic()
+        while order and order[0][0] <= now:
+            _, uuid = order.popleft()
+            if uuid in self._pending:
+                self._release(uuid)
 
     def _task_started(
         self, event: dict[str, Any], hostname: str, ts: float, received: float

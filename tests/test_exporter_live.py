@@ -157,7 +157,7 @@ junk_messages = st.one_of(
 # Events with a wrong field in a valid envelope: each event is rejected on its own.
 bad_events = st.fixed_dictionaries({
     "type": st.sampled_from(["task-started", "task-succeeded", "worker-heartbeat"]),
-    "hostname": st.one_of(st.integers(), st.none(), st.just("")),
+    "hostname": st.one_of(st.integers(-(2**63), 2**63 - 1), st.none(), st.just("")),
     "timestamp": st.floats(allow_nan=False, allow_infinity=False),
     "uuid": st.uuids().map(str),
 })  # fmt: skip

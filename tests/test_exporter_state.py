@@ -234,7 +234,10 @@ def test_a_received_event_racing_ahead_of_task_sent_keeps_the_worker_queue() -> 
     assert state.counters["task-received"] == {("t", "w@h", "q"): 2}
 
 
-def test_a_worker_serving_several_queues_is_never_guessed() -> None:
+def test_a_worker_serving_several_queues_is_never_guessed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import exporter.state as state_module
+
+    monkeypatch.setattr(state_module, "PENDING_SECONDS", 0.0)
     state = State()
     for uuid, queue in (("a", "q1"), ("b", "q2")):
         state.apply(
@@ -245,4 +248,36 @@ def test_a_worker_serving_several_queues_is_never_guessed() -> None:
             received=1.0,
         )
     state.apply([_event("task-received", "c", name="t")], received=1.0)
+    state.flush_pending()  # its task-sent never comes
     assert state.counters["task-received"][("t", "w@h", "unknown")] == 1
+
+
+def test_the_first_received_of_a_worker_waits_for_its_task_sent() -> None:
+    state = State()
+    state.apply([_event("task-sent", "a", "gen1@p", name="t", queue="q")], received=1.0)
+    state.apply([_event("task-received", "b", "w2@h", name="t")], received=1.0)  # races ahead
+    assert state.counters["task-received"] == {}  # waiting, not guessed
+    state.apply([_event("task-sent", "b", "gen1@p", name="t", queue="q")], received=1.0)
+    assert state.counters["task-received"] == {("t", "w2@h", "q"): 1}
+
+
+def test_a_received_whose_sent_never_comes_is_counted_after_the_wait(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import exporter.state as state_module
+
+    state = State()
+    state.apply([_event("task-sent", "a", "gen1@p", name="t", queue="q")], received=1.0)
+    monkeypatch.setattr(state_module, "PENDING_SECONDS", 0.0)
+    state.apply([_event("task-received", "lost-sent", "w2@h", name="t")], received=1.0)
+    state.flush_pending()
+    assert state.counters["task-received"] == {("t", "w2@h", "unknown"): 1}
+
+
+def test_a_later_event_counts_the_waiting_received_first() -> None:
+    state = State()
+    state.apply([_event("task-sent", "a", "gen1@p", name="t", queue="q")], received=1.0)
+    state.apply(
+        [_event("task-received", "b", "w2@h", name="t"), _event("task-started", "b", "w2@h")],
+        received=1.0,
+    )
+    assert state.counters["task-received"][("t", "w2@h", "unknown")] == 1
+    assert state.counters["task-started"][("t", "w2@h", "unknown")] == 1

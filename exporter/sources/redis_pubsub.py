@@ -224,6 +224,7 @@ class RedisEventSource:
                     parser = hiredis.Reader()
                     self._disconnect()  # the reader reconnects
                 self.bytes_done += len(chunk)
+                self.state.flush_pending()
                 self._watch_backlog()
             if self.housekeeping is not None and time.monotonic() >= next_housekeeping:
                 next_housekeeping = time.monotonic() + 1.0
