@@ -19,6 +19,7 @@ ring of parallel arrays plus one dict ``uuid -> slot``:
 from __future__ import annotations
 
 from array import array
+from collections import deque
 
 NaN = float("nan")
 
@@ -30,12 +31,14 @@ class TaskIndex:
     Only the event-processing thread writes; other threads may read with ``sent_time``.
     """
 
-    def __init__(self, cap: int, recent: int | None = None) -> None:
+    def __init__(self, cap: int) -> None:
         if cap < 1:
             raise ValueError("the task index needs room for at least one task")
         self.cap = cap
-        recent_cap = max(1, cap // 10) if recent is None else recent
-        self.recent: TaskIndex | None = TaskIndex(recent_cap, recent=0) if recent_cap else None
+        # Recently finished tasks: uuid -> (name, queue), oldest dropped first.
+        self._recent: dict[str, tuple[str | None, str | None]] = {}
+        self._recent_order: deque[str] = deque()
+        self._recent_cap = max(1, cap // 10)
         self.slot_of: dict[str, int] = {}
         self._uuids: list[str | None] = []
         self._names: list[str | None] = []
@@ -105,9 +108,8 @@ class TaskIndex:
         """(name, queue, started time or NaN) of a known task, without creating it."""
         slot = self.slot_of.get(uuid)
         if slot is None:
-            if self.recent is not None:
-                return self.recent.lookup(uuid)
-            return None, None, NaN
+            name, queue = self._recent.get(uuid, (None, None))
+            return name, queue, NaN
         return self._names[slot], self._queues[slot], self._started[slot]
 
     def finish(self, uuid: str) -> tuple[str | None, str | None, float]:
@@ -117,8 +119,10 @@ class TaskIndex:
             return self.lookup(uuid)
         self._uuids[slot] = None
         name, queue, started = self._names[slot], self._queues[slot], self._started[slot]
-        if self.recent is not None:
-            self.recent.sent(uuid, name or "", queue or "", NaN, NaN)
+        self._recent[uuid] = (name, queue)
+        self._recent_order.append(uuid)
+        if len(self._recent_order) > self._recent_cap:
+            self._recent.pop(self._recent_order.popleft(), None)
         return name, queue, started
 
     def sent_time(self, uuid: str) -> float | None:
