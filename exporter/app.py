@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from exporter.webconfig import WebConfig
 log = structlog.get_logger(__name__)
 FORGET_CHECK_SECONDS = 60.0
 NOT_A_QUEUE = {UNKNOWN, "other"}
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def celery_app(config: Config) -> Celery:
@@ -76,29 +76,8 @@ class Exporter:
         self.static_queues = set(config.queues)
         self.started_at = time.time()
         self._next_forget = 0.0
-        poll_timeout = max(1.0, min(config.broker_poll_interval, 5.0))
-        if config.uses_redis_fast_path:
-            self.source: RedisEventSource | ReceiverEventSource = RedisEventSource(
-                redis_client(config, 5.0),
-                self.state,
-                event_pattern(config.redis_db, config.global_keyprefix),
-                config.max_backlog_bytes,
-                housekeeping=self._housekeeping,
-            )
-        else:
-            self.source = ReceiverEventSource(self.app, self.state, self._housekeeping)
-        if config.scheme in ("redis", "rediss"):
-            poller: RedisBrokerPoller | AmqpBrokerPoller = RedisBrokerPoller(
-                redis_client(config, poll_timeout),
-                self.state.index.sent_time,
-                config.global_keyprefix,
-                config.state.max_queues,
-            )
-        else:
-            poller = AmqpBrokerPoller(
-                Connection(config.broker_url, connect_timeout=poll_timeout),
-                config.state.max_queues,
-            )
+        self.source = self._make_source()
+        poller = self._make_poller()
         self.poller = PollerThread(poller, config.broker_poll_interval, self.watched_queues)
         self.inspector = (
             InspectorThread(
@@ -111,14 +90,40 @@ class Exporter:
         self._render_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ObservatoryCollector(self.view))
+        # Process, platform and GC metrics: appended to the fast text, and in OpenMetrics.
         self.process_registry = CollectorRegistry(auto_describe=False)
-        for collector in (ProcessCollector, PlatformCollector, GCCollector):
-            collector(registry=self.process_registry)
-        for collector in (ProcessCollector, PlatformCollector, GCCollector):
-            collector(registry=self.registry)
+        for registry in (self.process_registry, self.registry):
+            for collector in (ProcessCollector, PlatformCollector, GCCollector):
+                collector(registry=registry)
         self.http: HttpServer | None = None
         self._events_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    def _make_source(self) -> RedisEventSource | ReceiverEventSource:
+        config = self.config
+        if config.uses_redis_fast_path:
+            return RedisEventSource(
+                redis_client(config, 5.0),
+                self.state,
+                event_pattern(config.redis_db, config.global_keyprefix),
+                config.max_backlog_bytes,
+                housekeeping=self._housekeeping,
+            )
+        return ReceiverEventSource(self.app, self.state, self._housekeeping)
+
+    def _make_poller(self) -> RedisBrokerPoller | AmqpBrokerPoller:
+        config = self.config
+        timeout = max(1.0, min(config.broker_poll_interval, 5.0))
+        if config.scheme in ("redis", "rediss"):
+            return RedisBrokerPoller(
+                redis_client(config, timeout),
+                self.state.index.sent_time,
+                config.global_keyprefix,
+                config.state.max_queues,
+            )
+        return AmqpBrokerPoller(
+            Connection(config.broker_url, connect_timeout=timeout), config.state.max_queues
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,7 +132,7 @@ class Exporter:
         # 5 ms switch interval every blocking call of a scrape (accept, read, write) waits up
         # to 5 ms to get it back. 1 ms keeps scrapes fast at a small cost to ingest
         # (bench/RESULTS.md, "Scrape latency").
-        sys.setswitchinterval(float(os.environ.get("CELERY_EXPORTER_SWITCH_INTERVAL", "0.001")))
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         endpoints = Endpoints(
             metrics_text=self.render_text,
             metrics_openmetrics=lambda: openmetrics.exposition.generate_latest(self.registry),
