@@ -22,6 +22,7 @@ plot (default bench/soak.png).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -55,8 +56,9 @@ from bench.common import (
 PORTS = ("redis", "api", "exporter", "prometheus", "alertmanager", "smtp", "images", "webhook")
 EXPORTER = "celery-observatory-exporter"
 WARM_UP_SECONDS = 60  # imports, first inspect, first label sets: growth here is expected
-FLAT_BYTES = 5 * 1024 * 1024  # RSS may wander this much after warm-up and still be "flat"
-FLAT_RATIO = 0.05
+FLAT_MB = 1.0  # RSS may wander this much after warm-up (or FLAT_RATIO of it) and be "flat"
+FLAT_RATIO = 0.02
+MAX_TRACKED_TASKS = 100_000  # the exporter's default --max-tracked-tasks
 
 
 @dataclass
@@ -177,7 +179,8 @@ def verdict(samples: list[Sample]) -> dict[str, Any]:
     rss_start = statistics.median(s.rss_mb for s in early)
     rss_end = statistics.median(s.rss_mb for s in late)
     growth_mb = rss_end - rss_start
-    limit_mb = max(FLAT_BYTES / 2**20, FLAT_RATIO * rss_start)
+    tasks = lambda part: statistics.median(s.succeeded + s.failed for s in part)  # noqa: E731
+    new_tasks = tasks(late) - tasks(early)
     lags = lambda part: [s.event_lag_seconds for s in part if s.event_lag_seconds is not None]  # noqa: E731
     lag_early = statistics.median(lags(early) or [0.0])
     lag_late = statistics.median(lags(late) or [0.0])
@@ -187,7 +190,9 @@ def verdict(samples: list[Sample]) -> dict[str, Any]:
         "rss_end_mb": round(rss_end, 2),
         "rss_growth_mb": round(growth_mb, 2),
         "rss_peak_mb": max(s.rss_mb for s in samples),
-        "memory_flat": growth_mb <= limit_mb,
+        "rss_growth_bytes_per_task": round(growth_mb * 2**20 / new_tasks) if new_tasks else None,
+        "tasks_seen": samples[-1].succeeded + samples[-1].failed,
+        "memory_flat": growth_mb <= max(FLAT_MB, FLAT_RATIO * rss_start),
         "lag_early_median_seconds": lag_early,
         "lag_late_median_seconds": lag_late,
         "lag_max_seconds": max(lags(samples) or [0.0]),
@@ -307,6 +312,55 @@ def soak(
     }
 
 
+def report(meta: dict[str, Any], samples: list[Sample], plot_path: Path) -> dict[str, Any]:
+    """Print the table and the verdict, draw the plot; returns the verdict's figures."""
+    print(
+        table(
+            ["min", "RSS MB", "CPU %", "event lag s", "scrape ms", "events", "succeeded",
+             "failed", "waiting", "tracked"],
+            [[f"{s.seconds / 60:.1f}", s.rss_mb, s.cpu_percent, s.event_lag_seconds,
+              s.scrape_ms, s.events_total, s.succeeded, s.failed, s.waiting, s.tracked_tasks]
+             for s in samples],
+        )
+    )  # fmt: skip
+    result = verdict(samples)
+    first, last = samples[0], samples[-1]
+    result["events_per_second"] = round(
+        (last.events_total - first.events_total) / max(1.0, last.seconds - first.seconds), 1
+    )
+    judged = "" if result["judged_samples"] >= 6 else " -- too few samples to judge"
+    print(
+        f"\nmemory{judged}: {'flat' if result['memory_flat'] else 'NOT FLAT'} "
+        f"({result['rss_start_mb']} -> {result['rss_end_mb']} MB after the first "
+        f"{WARM_UP_SECONDS} s, about {result['rss_growth_bytes_per_task']} bytes per task "
+        f"seen meanwhile; peak {result['rss_peak_mb']} MB)"
+    )
+    if not result["memory_flat"] and result["tasks_seen"] < MAX_TRACKED_TASKS:
+        print(
+            f"  the run saw {result['tasks_seen']:,} tasks, fewer than the exporter's "
+            f"--max-tracked-tasks ({MAX_TRACKED_TASKS:,}): its task index is bounded only "
+            "once that many have passed, so a plateau needs a longer run"
+        )
+    print(
+        f"event lag: {'GROWING' if result['lag_growing'] else 'no growth'} (median "
+        f"{result['lag_early_median_seconds']} s early, {result['lag_late_median_seconds']} s "
+        f"late; max {result['lag_max_seconds']} s)"
+    )
+    print(
+        f"scrape: median {result['scrape_ms_median']} ms, max {result['scrape_ms_max']} ms; "
+        f"exporter CPU median {result['cpu_percent_median']}% of a core at "
+        f"{result['events_per_second']:.0f} events/s"
+    )
+    print(f"stack stopped with SIGINT (exit {meta['stack_exit_code']}); leftovers: "
+          f"{meta['leftover_pids'] or 'none'}")  # fmt: skip
+    title = (
+        f"soak: {meta['minutes']:g} min, traffic {meta['rate']:g} req/s + {meta['feed_rate']:g} "
+        f"dummy_task/s, {result['events_per_second']:.0f} events/s"
+    )
+    plot(samples, plot_path, title)
+    return result
+
+
 @click.command(context_settings={"max_content_width": 100})
 @click.option("--minutes", type=click.FloatRange(min=0.2), default=10.0, show_default=True)
 @click.option(
@@ -327,62 +381,39 @@ def soak(
     default=ROOT / "bench" / "soak.png",
     show_default="bench/soak.png",
 )
-def main(minutes: float, rate: float, feed_rate: float, interval: float, plot_path: Path) -> None:
+@click.option(
+    "--from-json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Report and plot a recorded run (bench/out/soak.json) again instead of running.",
+)
+def main(
+    minutes: float,
+    rate: float,
+    feed_rate: float,
+    interval: float,
+    plot_path: Path,
+    from_json: Path | None,
+) -> None:
     """Run the local stack under steady traffic and record the exporter's health over time."""
+    if from_json:  # judge and plot a recorded run again, starting nothing
+        record = json.loads(from_json.read_text())
+        samples = [Sample(**s) for s in record.pop("samples")]
+        result = report(record, samples, plot_path)
+        # The recorded machine, command and date stay; only the verdict is refreshed.
+        write_json(from_json.name, {**record, **result, "samples": [asdict(s) for s in samples]})
+        return
     load = wait_until_quiet()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         run = soak(minutes, rate, feed_rate, interval, Path(tmp))
-    samples: list[Sample] = run.pop("samples")
+    samples = run.pop("samples")
     if not samples:
         raise click.ClickException("no samples recorded")
-    print(
-        table(
-            ["min", "RSS MB", "CPU %", "event lag s", "scrape ms", "events", "succeeded",
-             "failed", "waiting", "tracked"],
-            [[f"{s.seconds / 60:.1f}", s.rss_mb, s.cpu_percent, s.event_lag_seconds,
-              s.scrape_ms, s.events_total, s.succeeded, s.failed, s.waiting, s.tracked_tasks]
-             for s in samples],
-        )
-    )  # fmt: skip
-    result = verdict(samples)
-    first, last = samples[0], samples[-1]
-    events_per_second = (last.events_total - first.events_total) / max(
-        1.0, last.seconds - first.seconds
-    )
-    judged = "" if result["judged_samples"] >= 6 else " -- too few samples to judge"
-    print(
-        f"\nmemory{judged}: {'flat' if result['memory_flat'] else 'NOT FLAT'} "
-        f"({result['rss_start_mb']} -> {result['rss_end_mb']} MB after the first "
-        f"{WARM_UP_SECONDS} s; peak {result['rss_peak_mb']} MB)"
-    )
-    print(
-        f"event lag: {'GROWING' if result['lag_growing'] else 'no growth'} (median "
-        f"{result['lag_early_median_seconds']} s early, {result['lag_late_median_seconds']} s "
-        f"late; max {result['lag_max_seconds']} s)"
-    )
-    print(
-        f"scrape: median {result['scrape_ms_median']} ms, max {result['scrape_ms_max']} ms; "
-        f"exporter CPU median {result['cpu_percent_median']}% of a core at "
-        f"{events_per_second:.0f} events/s"
-    )
-    print(f"stack stopped with SIGINT (exit {run['stack_exit_code']}); leftovers: "
-          f"{run['leftover_pids'] or 'none'}")  # fmt: skip
-    plot(samples, plot_path, f"soak: {minutes:g} min, traffic {rate:g} req/s + {feed_rate:g} "
-         f"dummy_task/s, {events_per_second:.0f} events/s")  # fmt: skip
+    meta = {"minutes": minutes, "rate": rate, "feed_rate": feed_rate, "interval": interval,
+            "load_before": load, **run}  # fmt: skip
+    result = report(meta, samples, plot_path)
     path = write_json(
         "soak.json",
-        {
-            "minutes": minutes,
-            "rate": rate,
-            "feed_rate": feed_rate,
-            "interval": interval,
-            "load_before": load,
-            "events_per_second": round(events_per_second, 1),
-            **result,
-            **run,
-            "plot": str(plot_path),
-            "samples": [asdict(s) for s in samples],
-        },
+        {**meta, **result, "plot": str(plot_path), "samples": [asdict(s) for s in samples]},
     )
     print(f"\nwrote {path} and {plot_path}")
     if run["leftover_pids"]:
