@@ -412,8 +412,8 @@ def overhead(pairs: list[tuple[Trial, Trial]]) -> dict[str, Any]:
     return {
         "without": [a["tasks_per_second"] for a, _ in complete],
         "with": [b["tasks_per_second"] for _, b in complete],
-        "median_without": base,
-        "median_with": beside,
+        "median_without": round(base, 1),
+        "median_with": round(beside, 1),
         "cost_percent": round(100 * (1 - beside / base), 1),
         "cpu_cost_percent": round(
             100 * statistics.median(1 - total(a) / total(b) for a, b in complete), 1
