@@ -135,7 +135,6 @@ def measure_flower(port: int, cap: int, ids: int, workdir: Path) -> dict[str, An
         wait_for(lambda: client.execute_command("PUBSUB", "NUMPAT") >= 1, 60, "flower subscribed")
         time.sleep(2)
         before = rss_bytes(proc.pid)
-        api = f"http://127.0.0.1:{web}/api/tasks?limit=1"
         progress = Progress(f"flower max_tasks {cap:,}")
 
         def settled(n: int) -> None:
@@ -150,7 +149,6 @@ def measure_flower(port: int, cap: int, ids: int, workdir: Path) -> dict[str, An
 
         samples = publish_ids(port, ids, proc.pid, settled, progress)
         tracked = min(cap, ids)
-        http_json(api)  # still answering
     return summarize("flower", cap, ids, before, samples, tracked, progress)
 
 
