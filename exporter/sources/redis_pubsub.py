@@ -38,6 +38,8 @@ BEHIND_BYTES = 32 * 1024 * 1024  # a few hundred ms of a heavy stream: worth a l
 NEW_CONNECTION = ("new-connection",)
 MAX_SCRAPE_PAUSE_SECONDS = 0.5
 GATHER_SECONDS = 0.005
+TRICKLE_BYTES = 64 * 1024  # under this per read, the stream is a trickle (< ~1 MB/s)...
+TRICKLE_SECONDS = 0.05  # ...worth 50 ms of latency to wake 10x less often
 IDLE_PING_SECONDS = 10.0
 DEAD_AFTER_SECONDS = 30.0
 
@@ -181,9 +183,10 @@ class RedisEventSource:
                 raise redis.ConnectionError("Redis closed the subscription")
             last_data = time.monotonic()
             if len(chunk) < RECV_BYTES:
-                # Drained: let a few ms of stream gather in the kernel buffer rather than wake
-                # (and take the GIL from decoding or a scrape) for every packet.
-                time.sleep(GATHER_SECONDS)
+                # Drained: let the stream gather in the kernel buffer rather than wake (and
+                # take the GIL from decoding or a scrape) for every packet. A trickle waits
+                # longer: its cost is wake-ups, not bytes (bench/RESULTS.md, overhead).
+                time.sleep(GATHER_SECONDS if len(chunk) >= TRICKLE_BYTES else TRICKLE_SECONDS)
             # Past the cap a chunk is only parsed and counted, never decoded: memory stays
             # bounded by what the cheap path can clear.
             drop = self.backlog_bytes > self.max_backlog_bytes
