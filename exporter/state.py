@@ -252,19 +252,19 @@ class State:
     def _labels(self, name: str | None, hostname: str, queue: str | None) -> tuple[str, ...]:
         """The (name, hostname, queue) label set of a worker-side event, made known at 0."""
         host = self.hosts.get(hostname)
-        if queue:
-            seen = self._queue_seen.get(host)
-            if seen != queue and seen is not AMBIGUOUS:
-                self._queue_seen[host] = queue if seen is None else AMBIGUOUS
-        else:
-            queue = self._infer_queue(hostname, host)
-        key = (name or UNKNOWN, host, queue)
+        key = (name or UNKNOWN, host, queue or self._infer_queue(hostname, host))
         if key not in self._known_sets:
             self._make_known(key)
         worker = self.workers.get(host)
         if worker is not None:
             worker.task_events_seen = True
         return key
+
+    def _learn_queue(self, host: str, queue: str) -> None:
+        """Remember the queue a worker's task came from (or that it serves several)."""
+        seen = self._queue_seen.get(host)
+        if seen != queue and seen is not AMBIGUOUS:
+            self._queue_seen[host] = queue if seen is None else AMBIGUOUS
 
     def _infer_queue(self, hostname: str, host: str) -> str:
         """The queue of a task whose task-sent has not been seen (producers without
@@ -312,7 +312,10 @@ class State:
             self._pending[uuid] = hostname
             self._pending_order.append((time.monotonic() + PENDING_SECONDS, uuid))
             return
-        self._count("task-received", self._labels(name, hostname, queue))
+        key = self._labels(name, hostname, queue)
+        if queue:
+            self._learn_queue(key[1], queue)
+        self._count("task-received", key)
 
     def _should_wait_for_sent(self, hostname: str) -> bool:
         """Whether a task-received with no queue yet should wait for its task-sent.
@@ -331,7 +334,10 @@ class State:
         """Count a waiting task-received, with the queue known by now (or inferred)."""
         hostname = self._pending.pop(uuid)
         name, queue, _ = self.index.lookup(uuid)
-        self._count("task-received", self._labels(name, hostname, queue))
+        key = self._labels(name, hostname, queue)
+        if queue:
+            self._learn_queue(key[1], queue)
+        self._count("task-received", key)
 
     def flush_pending(self) -> None:
         """Count the task-received events whose task-sent did not come in time."""
