@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import re
 import socket
 import subprocess
@@ -31,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from bench.common import (
     http_text,
     private_redis,
     process,
+    process_cpu_seconds,
     table,
     wait_for,
     write_json,
@@ -153,13 +153,11 @@ class Consumer:
     start: Callable[[int, Path], contextlib.AbstractContextManager[Callable[[], int]]]
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
-def run_exporter(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
+def run_exporter(
+    port: int, workdir: Path, extra_args: Sequence[str] = ()
+) -> Iterator[Callable[[], int]]:
+    """The exporter on a free port; yields its event counter (with ``.pid`` and ``.url``)."""
     web = free_port()
     argv = [
         PYTHON,
@@ -173,6 +171,7 @@ def run_exporter(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
         "0",
         "--log-level",
         "WARNING",
+        *extra_args,
     ]
     with process(argv, workdir / "exporter.log") as proc:
         wait_for(lambda: http_json(f"http://127.0.0.1:{web}/readyz")["ready"], 30, "exporter")
@@ -276,7 +275,7 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
     with tempfile.TemporaryDirectory(prefix=f"ingest-{name}-") as tmp, private_redis() as port:
         workdir = Path(tmp)
         with CONSUMERS[name](port, workdir) as count:
-            cpu_before = _cpu_seconds(count.pid)  # type: ignore[attr-defined]
+            cpu_before = process_cpu_seconds(count.pid)  # type: ignore[attr-defined]
             result_file = workdir / "publisher.json"
             argv = [
                 PYTHON,
@@ -316,7 +315,7 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
                     caught_up = time.monotonic() - ended
                     break
                 time.sleep(0.2)
-            cpu = _cpu_seconds(count.pid) - cpu_before  # type: ignore[attr-defined]
+            cpu = process_cpu_seconds(count.pid) - cpu_before  # type: ignore[attr-defined]
     lost = max(0, expected - counted)
     lossless = (
         lost == 0

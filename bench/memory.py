@@ -23,7 +23,6 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (
-    PYTHON,
     Progress,
     free_port,
     http_json,
@@ -34,7 +33,7 @@ from bench.common import (
     write_json,
 )
 from bench.envelopes import envelope
-from bench.ingest import ensure_flower
+from bench.ingest import ensure_flower, run_exporter
 
 BATCH = 10_000
 
@@ -85,35 +84,19 @@ def publish_ids(port: int, ids: int, pid: int, settled: Any, progress: Progress)
 
 
 def measure_exporter(port: int, cap: int, ids: int, workdir: Path) -> dict[str, Any]:
-    web = free_port()
-    argv = [
-        PYTHON,
-        "-m",
-        "exporter",
-        "--broker-url",
-        f"redis://127.0.0.1:{port}/0",
-        "--web.listen-address",
-        f"127.0.0.1:{web}",
-        "--inspect-interval",
-        "0",
-        "--max-tracked-tasks",
-        str(cap),
-        "--log-level",
-        "WARNING",
-    ]
-    status = f"http://127.0.0.1:{web}/api/status"
-    with process(argv, workdir / "exporter.log") as proc:
-        wait_for(lambda: http_json(f"http://127.0.0.1:{web}/readyz")["ready"], 30, "exporter")
+    with run_exporter(port, workdir, ["--max-tracked-tasks", str(cap)]) as events_total:
+        status = events_total.url.replace("/metrics", "/api/status")  # type: ignore[attr-defined]
+        pid = events_total.pid  # type: ignore[attr-defined]
         client = redis.Redis(port=port)
         client.publish("/0.celeryev/task.sent", task_sent("warm-up", time.time()))
-        wait_for(lambda: http_json(status)["events_total"] == 1, 10, "warm-up")
-        before = rss_bytes(proc.pid)
+        wait_for(lambda: events_total() == 1, 10, "warm-up")
+        before = rss_bytes(pid)
 
         def settled(n: int) -> None:
-            wait_for(lambda: http_json(status)["events_total"] >= n + 1, 120, f"{n} events")
+            wait_for(lambda: events_total() >= n + 1, 120, f"{n} events")
 
         progress = Progress(f"exporter cap {cap:,}")
-        samples = publish_ids(port, ids, proc.pid, settled, progress)
+        samples = publish_ids(port, ids, pid, settled, progress)
         tracked = http_json(status)["tracked_tasks"]
     return summarize("exporter", cap, ids, before, samples, tracked, progress)
 
