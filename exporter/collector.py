@@ -46,6 +46,8 @@ REJECT_REASONS = (
 )
 GUARDED_LABELS = ("name", "hostname", "queue_name", "exception")
 
+# (label values, value) for counters and gauges; (label values, cumulative bucket counts
+# ending with +Inf, sum) for histograms.
 Sample = tuple[tuple[str, ...], float]
 HistogramSample = tuple[tuple[str, ...], list[int], float]
 
@@ -55,7 +57,7 @@ class Family:
     """One metric and its samples; histogram samples carry cumulative bucket counts."""
 
     metric: m.Metric
-    samples: Iterable[Any]
+    samples: Iterable[Sample] | Iterable[HistogramSample]
     bounds: tuple[float, ...] = ()
 
 
