@@ -12,7 +12,6 @@ override them. The stack and the tests import :func:`prometheus_config`,
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import yaml
 
 from alerts.configs import DEFAULT_WEBHOOK_URL, alertmanager_config, prometheus_config
+from alerts.generated import write_or_check
 from alerts.rules import alerts, rule_groups
 from alerts.settings import (
     DEFAULTS,
@@ -101,27 +101,6 @@ def _settings_from_args(args: argparse.Namespace) -> AlertSettings:
     return with_overrides(settings, overrides)
 
 
-def _check(files: dict[str, str], out_dir: Path) -> int:
-    stale = 0
-    for name, content in files.items():
-        path = out_dir / name
-        current = path.read_text() if path.exists() else ""
-        if current != content:
-            stale += 1
-            sys.stdout.writelines(
-                difflib.unified_diff(
-                    current.splitlines(keepends=True),
-                    content.splitlines(keepends=True),
-                    fromfile=f"{path} (committed)",
-                    tofile=f"{path} (generated)",
-                )
-            )
-    if stale:
-        print(f"{stale} file(s) out of date: run python alerts/generate.py", file=sys.stderr)
-        return 1
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if files are out of date")
@@ -140,13 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     files = generated_files(settings, webhook_url=args.webhook_url)
-    if args.check:
-        return _check(files, args.out_dir)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (args.out_dir / name).write_text(content)
-        print(f"wrote {args.out_dir / name}")
-    return 0
+    return write_or_check(files, args.out_dir, args.check, "python alerts/generate.py")
 
 
 if __name__ == "__main__":
