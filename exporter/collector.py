@@ -8,7 +8,7 @@ OpenMetrics and by anyone embedding the exporter in their own registry.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +54,16 @@ HistogramSample = tuple[tuple[str, ...], list[int], float]
 
 @dataclass(frozen=True)
 class Family:
-    """One metric and its samples; histogram samples carry cumulative bucket counts."""
+    """One metric and its samples; histogram samples carry cumulative bucket counts.
+
+    ``created`` maps a sample's label values to the Unix time its series was created (the
+    ``_created`` sample of counters and histograms); a label set missing from it has none.
+    """
 
     metric: m.Metric
     samples: Iterable[Sample] | Iterable[HistogramSample]
     bounds: tuple[float, ...] = ()
+    created: Mapping[tuple[str, ...], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from exporter.state import Options
@@ -27,6 +29,11 @@ class Config:
     enable_events_interval: float = 0.0
     visibility_timeout: float = 3600.0
     global_keyprefix: str = ""
+    # kombu's broker_transport_options (--broker-transport-option key=value, repeatable):
+    # master_name and sentinel_kwargs for Sentinel, visibility_timeout, global_keyprefix...
+    broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
+    # Celery's broker_use_ssl (--broker-ssl-option key=value, repeatable).
+    broker_ssl_options: Mapping[str, Any] = field(default_factory=dict)
     event_source: str = "auto"
     max_backlog_bytes: int = 512 * 1024 * 1024
     wait_for_broker: bool = True
