@@ -127,8 +127,15 @@ class Options:
     queue_wait_buckets: tuple[float, ...] = (
         0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
     )  # fmt: skip
-    worker_timeout: float = 0.0  # 0: three heartbeat intervals of each worker
-    worker_forget_after: float = 86_400.0
+    # None: three heartbeat intervals of each worker; 0: never time out (the peer's meaning).
+    worker_timeout: float | None = None
+    worker_forget_after: float = 86_400.0  # 0: never forget
+    max_producers: int = 1_000
+    producer_forget_after: float = 3_600.0
+    default_queue_name: str = "unknown"
+    generic_hostname_task_sent: bool = False
+    generic_hostname_worker_task: bool = False
+    max_series: int = 200_000
 
 
 @dataclass
@@ -455,11 +462,15 @@ class State:
         return n
 
     def worker_up(self, worker: Worker, now: float) -> bool:
-        timeout = self.options.worker_timeout or 3 * worker.freq
-        return worker.online and now - worker.last_seen <= timeout
+        timeout = self.options.worker_timeout
+        if timeout is None:
+            timeout = 3 * worker.freq
+        return worker.online and (timeout == 0 or now - worker.last_seen <= timeout)
 
     def forget_workers(self, now: float) -> list[str]:
         """Drop workers silent for --worker-forget-after, with every series they labelled."""
+        if not self.options.worker_forget_after:
+            return []
         gone = [
             host
             for host, worker in self.workers.items()
