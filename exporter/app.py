@@ -22,9 +22,11 @@ from exporter import __version__
 from exporter.collector import ObservatoryCollector, ScrapeView, SourceStatus, families, gather
 from exporter.config import Config
 from exporter.exposition import CONTENT_TYPE, TextRenderer
-from exporter.http import Endpoints, ExporterApp, HttpServer, RequestPriority
+from exporter.http import Endpoints, ExporterApp, RequestPriority, reload_web_config
+from exporter.httpserver import HttpServer
 from exporter.inspector import InspectorThread, InspectView
 from exporter.logs import mask_url
+from exporter.negotiate import OPENMETRICS, TEXT
 from exporter.poller import AmqpBrokerPoller, PollerThread, RedisBrokerPoller
 from exporter.sources.celery_receiver import ReceiverEventSource
 from exporter.sources.redis_pubsub import RedisEventSource, event_pattern
@@ -134,19 +136,18 @@ class Exporter:
         # (bench/RESULTS.md, "Scrape latency").
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         endpoints = Endpoints(
-            metrics_text=self.render_text,
-            metrics_openmetrics=lambda: openmetrics.exposition.generate_latest(self.registry),
-            openmetrics_content_type=openmetrics.exposition.CONTENT_TYPE_LATEST,
-            text_content_type=CONTENT_TYPE,
+            metrics=self.render,
+            content_types={
+                OPENMETRICS: openmetrics.exposition.CONTENT_TYPE_LATEST,
+                TEXT: CONTENT_TYPE,
+            },
             status=self.status,
             ready=self.ready,
             index_html=resources.files("exporter").joinpath("static/index.html").read_bytes(),
         )
         self.http = HttpServer(
-            ExporterApp(endpoints, self.web),
+            ExporterApp(endpoints, self.web, RequestPriority(self.source.yield_to_requests)),
             self.config.listen_address,
-            self.web.ssl_context,
-            RequestPriority(self.source.yield_to_requests),
         )
         self._rebuild_index()
         self.source.start()
@@ -169,6 +170,12 @@ class Exporter:
             tls=self.web.ssl_context is not None,
             basic_auth=self.web.basic_auth is not None,
         )
+
+    def reload_web_config(self) -> None:
+        """SIGHUP: re-read --web.config-file; new connections use it (one log line)."""
+        self.web = reload_web_config(self.config.web_config_file, self.web)
+        if self.http is not None:
+            self.http.app.web = self.web
 
     def stop(self) -> None:
         self._stopping.set()
@@ -243,7 +250,14 @@ class Exporter:
             self.config.visibility_timeout,
             __version__,
             celery.__version__,
+            http_rejected=self.http.rejected if self.http is not None else None,
         )
+
+    def render(self, fmt: str) -> bytes:
+        """The exposition in ``fmt`` (``"openmetrics"`` or ``"text"``, from Accept)."""
+        if fmt == OPENMETRICS:
+            return openmetrics.exposition.generate_latest(self.registry)
+        return self.render_text().encode()
 
     def render_text(self) -> str:
         # One render at a time: the label cache is shared, and concurrent scrapes of a

@@ -553,6 +553,7 @@ def run(config: Config, web: Any) -> None:
     from exporter.app import Exporter  # imported late: --help must not pay for Celery
 
     exporter = Exporter(config, web)
+    signal.signal(signal.SIGHUP, lambda *_: exporter.reload_web_config())
     try:
         exporter.start()
     except OSError as exc:

@@ -9,7 +9,7 @@ OpenMetrics and by anyone embedding the exporter in their own registry.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import (
@@ -89,6 +89,7 @@ class ScrapeView:
     queue_wait_buckets: tuple[float, ...]
     version: str
     celery_version: str
+    http_rejected: Mapping[str, int] = field(default_factory=dict)
 
 
 def gather(
@@ -99,6 +100,7 @@ def gather(
     visibility_timeout: float,
     version: str,
     celery_version: str,
+    http_rejected: Mapping[str, int] | None = None,
 ) -> ScrapeView:
     snap = state.snapshot()
     return ScrapeView(
@@ -112,6 +114,7 @@ def gather(
         queue_wait_buckets=state.options.queue_wait_buckets,
         version=version,
         celery_version=celery_version,
+        http_rejected=dict(http_rejected or {}),
     )
 
 
@@ -184,6 +187,8 @@ def _exporter_families(view: ScrapeView) -> Iterator[Family]:
     yield Family(m.EXPORTER_EVICTED, [((), snap.evicted)])
     overflow = dict.fromkeys(GUARDED_LABELS, 0) | snap.overflow
     yield Family(m.EXPORTER_OVERFLOW, [((label,), n) for label, n in overflow.items()])
+    http_rejected = dict.fromkeys(m.HTTP_REJECT_REASONS, 0) | dict(view.http_rejected)
+    yield Family(m.EXPORTER_HTTP_REJECTED, [((r,), n) for r, n in http_rejected.items()])
     yield Family(m.EXPORTER_BUILD, [((view.version, view.celery_version), 1)])
 
 

@@ -217,6 +217,17 @@ EXPORTER_OVERFLOW = Metric(
     "Label values folded into 'other' because a cardinality cap was reached, by label.",
     ("label",),
 )
+# Why the HTTP server closed a connection without serving it (the reason label's values).
+HTTP_REJECT_REASONS = ("limit", "timeout", "tls", "malformed")
+EXPORTER_HTTP_REJECTED = Metric(
+    "celery_exporter_http_connections_rejected_total",
+    "counter",
+    "HTTP connections closed before a request was served, by reason: limit (the "
+    "open-connection cap was reached), timeout (no complete request head in time), tls "
+    "(handshake failed: plain HTTP, a missing or wrong client certificate), malformed "
+    "(unparsable request, answered 400 or 431).",
+    ("reason",),
+)
 EXPORTER_BUILD = Metric(
     "celery_exporter_build_info",
     "gauge",
@@ -252,6 +263,7 @@ ALL: tuple[Metric, ...] = (
     EXPORTER_TRACKED,
     EXPORTER_EVICTED,
     EXPORTER_OVERFLOW,
+    EXPORTER_HTTP_REJECTED,
     EXPORTER_BUILD,
 )
 
