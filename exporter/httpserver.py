@@ -166,6 +166,7 @@ class HttpServer:
             future = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
             with contextlib.suppress(Exception):
                 future.result(timeout=5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
         self.socket.close()
         self._handlers.shutdown(wait=False, cancel_futures=True)
@@ -187,7 +188,6 @@ class HttpServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._loop.stop()
 
     # ------------------------------------------------------------------ accepting
 

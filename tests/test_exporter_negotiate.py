@@ -102,8 +102,8 @@ def _weight(element: str) -> float:
 def _serves(offer: str, element: str) -> bool:
     media = element.split(";q=")[0]
     if offer == OPENMETRICS:
-        return media in ("application/openmetrics-text",
-                         "application/openmetrics-text;version=1.0.0", "application/*", "*/*")  # fmt: skip
+        om = "application/openmetrics-text"
+        return media in (om, om + ";version=1.0.0", "application/*", "*/*")
     return media in ("text/plain", "text/plain;version=0.0.4", "text/*", "*/*")
 
 

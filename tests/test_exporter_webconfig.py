@@ -59,7 +59,9 @@ def test_a_malformed_hash_is_a_start_up_error_naming_the_user(tmp_path: Path, ha
 
 
 @pytest.mark.parametrize("variant", ["$2a$", "$2b$", "$2y$"])
-def test_every_bcrypt_variant_that_htpasswd_writes_is_accepted(tmp_path: Path, variant: str) -> None:
+def test_every_bcrypt_variant_that_htpasswd_writes_is_accepted(
+    tmp_path: Path, variant: str
+) -> None:
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode().replace("$2b$", variant)
     web = load_web_config(_write(tmp_path, f"basic_auth_users:\n  prometheus: '{hashed}'\n"))
     assert web.basic_auth is not None and web.basic_auth.check("prometheus", "pw")
@@ -75,7 +77,9 @@ def test_every_bcrypt_variant_that_htpasswd_writes_is_accepted(tmp_path: Path, v
         ("  Content-Length: '5'", "set by the exporter itself"),
     ],
 )
-def test_header_values_cannot_split_the_response(tmp_path: Path, headers: str, message: str) -> None:
+def test_header_values_cannot_split_the_response(
+    tmp_path: Path, headers: str, message: str
+) -> None:
     path = _write(tmp_path, f"http_server_config:\n  headers:\n  {headers}\n")
     with pytest.raises(WebConfigError, match=message) as error:
         load_web_config(path)
