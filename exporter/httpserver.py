@@ -258,10 +258,11 @@ class HttpServer:
             except TimeoutError:
                 self.rejected["timeout"] += 1
                 return
-            except OSError as exc:  # ssl.SSLError too: plain HTTP, no or a wrong client cert
-                if context is not None:
-                    self.rejected["tls"] += 1
+            except ssl.SSLError as exc:  # plain HTTP, no or a wrong client certificate
+                self.rejected["tls"] += 1
                 log.debug("TLS handshake failed", error=str(exc))
+                return
+            except OSError:  # the client left before saying anything: nothing to count
                 return
             await self._requests(reader, writer, deadline)
         except OSError as exc:  # reset by the peer, broken pipe, TLS alerts
