@@ -8,9 +8,12 @@ wait behind the expensive ones:
    and it reveals nothing but "the process runs"), on the server's event loop;
 2. ``cached_auth`` / ``verify_auth``: basic auth from the web config; a cache hit is a
    SHA-256 on the event loop, a miss is bcrypt on a thread of its own;
-3. ``serve``: the response, on a handler thread. Only an authorised ``/metrics`` asks the
-   event source to yield (``RequestPriority``), and only while it renders: an idle
-   connection, a 401 or a 404 never slows ingest, nor does a client that reads slowly.
+3. ``serve``: the response, on a handler thread.
+
+Only an authorised ``/metrics`` asks the event source to yield (``RequestPriority``), from
+the moment its credentials pass until its response is handed to the socket (the render and
+the thread hand-offs around it, where a busy decoder would otherwise hold the GIL): an idle
+connection, a 401 or a 404 never slows ingest, nor does a client that reads slowly.
 """
 
 from __future__ import annotations
@@ -159,19 +162,13 @@ class ExporterApp:
         response = Response(401, b"unauthorized\n", headers=[("WWW-Authenticate", REALM)])
         return self._finish(request, response)
 
+    def prioritised(self, request: Request) -> RequestPriority | None:
+        """The priority an authorised request takes: only ``/metrics`` has one."""
+        return self.priority if request.path == "/metrics" else None
+
     def serve(self, request: Request) -> Response:
         """The response of an authorised request to a known route."""
         return self._finish(request, self.routes[request.path](request))
-
-    def handle(self, request: Request) -> Response:
-        """All three steps in one call (for callers without an event loop)."""
-        early = self.early(request)
-        if early is not None:
-            return early
-        allowed = self.cached_auth(request)
-        if allowed is None:
-            allowed = self.verify_auth(request)
-        return self.serve(request) if allowed else self.unauthorized(request)
 
     # ------------------------------------------------------------------ routes
 
@@ -179,16 +176,7 @@ class ExporterApp:
         fmt = choose_format(request.header("accept"))
         if fmt is None:
             return Response(406, b"acceptable formats: OpenMetrics 1.0.0, text 0.0.4\n")
-        priority = self.priority
-        if priority is not None:
-            priority.begin()
-        try:
-            body = self.endpoints.metrics(fmt)
-        finally:
-            # Compression comes after: zlib releases the GIL, so it need not park ingest.
-            if priority is not None:
-                priority.end()
-        response = Response(200, body, self.endpoints.content_types[fmt])
+        response = Response(200, self.endpoints.metrics(fmt), self.endpoints.content_types[fmt])
         response.headers.append(("Vary", "Accept, Accept-Encoding"))
         return response
 

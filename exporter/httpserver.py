@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import h11
 import structlog
 
-from exporter.http import TEXT_UTF8, ExporterApp, Request, Response
+from exporter.http import TEXT_UTF8, ExporterApp, Request, RequestPriority, Response
 from exporter.metrics import HTTP_REJECT_REASONS
 
 log = structlog.get_logger(__name__)
@@ -153,6 +153,7 @@ class HttpServer:
         self._auth = ThreadPoolExecutor(1, thread_name_prefix="http-auth")
         self._connections: set[asyncio.Task[None]] = set()
         self._retry: asyncio.TimerHandle | None = None
+        self._stopping = False
         self._last_limit_log = -LIMIT_LOG_SECONDS
         self._refused_since_log = 0
 
@@ -181,6 +182,7 @@ class HttpServer:
             self._loop.close()
 
     async def _close(self) -> None:
+        self._stopping = True  # connections are aborted, not closed politely: exit fast
         if self._retry is not None:
             self._retry.cancel()
         self._loop.remove_reader(self.socket.fileno())
@@ -298,6 +300,9 @@ class HttpServer:
         if writer is None:
             conn.close()  # asyncio already dropped any transport it made for it
             return
+        if self._stopping:
+            writer.transport.abort()
+            return
         writer.close()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
@@ -330,11 +335,17 @@ class HttpServer:
                 return  # the client closed the connection
             request = _request(event)
             reusable = self._no_body(conn)
-            response = await self._dispatch(request)
-            if not reusable:
-                response.headers.append(("Connection", "close"))
+            response, priority = await self._dispatch(request)
             try:
-                await self._send(conn, writer, request, response)
+                if not reusable:
+                    response.headers.append(("Connection", "close"))
+                self._write(conn, writer, request, response)
+            finally:
+                if priority is not None:
+                    priority.end()
+            try:
+                async with asyncio.timeout(self.limits.write_timeout):
+                    await writer.drain()  # the client reads at its pace, without priority
             except TimeoutError:
                 log.debug("HTTP client did not take its response in time", path=request.path)
                 return
@@ -372,29 +383,37 @@ class HttpServer:
         except h11.RemoteProtocolError:
             return False
 
-    async def _dispatch(self, request: Request) -> Response:
+    async def _dispatch(self, request: Request) -> tuple[Response, RequestPriority | None]:
+        """The response, and the priority it holds: end it once the response is written."""
         app = self.app
         try:
             response = app.early(request)
             if response is not None:
-                return response
+                return response, None
             allowed = app.cached_auth(request)
             if allowed is None:
                 allowed = await self._loop.run_in_executor(self._auth, app.verify_auth, request)
             if not allowed:
-                return app.unauthorized(request)
-            return await self._loop.run_in_executor(self._handlers, app.serve, request)
+                return app.unauthorized(request), None
+            priority = app.prioritised(request)
+            if priority is not None:
+                priority.begin()
+            try:
+                response = await self._loop.run_in_executor(self._handlers, app.serve, request)
+            except BaseException:
+                if priority is not None:
+                    priority.end()
+                raise
+            return response, priority
         except Exception:  # a bug answers 500 with no detail; the log has the traceback
             log.exception("error while answering an HTTP request", path=request.path)
-            return Response(500, b"internal error\n")
+            return Response(500, b"internal error\n"), None
 
-    async def _send(
-        self,
-        conn: h11.Connection,
-        writer: asyncio.StreamWriter,
-        request: Request,
-        response: Response,
+    @staticmethod
+    def _write(
+        conn: h11.Connection, writer: asyncio.StreamWriter, request: Request, response: Response
     ) -> None:
+        """Hand the response to the transport (the kernel takes what fits at once)."""
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
@@ -406,8 +425,6 @@ class HttpServer:
         if request.method != "HEAD" and response.body:
             writer.writelines(conn.send_with_data_passthrough(h11.Data(data=response.body)))
         writer.write(conn.send(h11.EndOfMessage()))
-        async with asyncio.timeout(self.limits.write_timeout):
-            await writer.drain()
 
     @staticmethod
     async def _send_error(conn: h11.Connection, writer: asyncio.StreamWriter, status: int) -> None:
