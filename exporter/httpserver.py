@@ -154,7 +154,7 @@ class HttpServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._stopping = False
-        self._last_limit_log = -LIMIT_LOG_SECONDS
+        self._last_limit_log = self._last_fd_log = -LIMIT_LOG_SECONDS
         self._refused_since_log = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,8 +239,8 @@ class HttpServer:
             FD_RETRY_SECONDS, self._loop.add_reader, fd, self._accept
         )
         now = time.monotonic()
-        if now - self._last_limit_log >= LIMIT_LOG_SECONDS:
-            self._last_limit_log = now
+        if now - self._last_fd_log >= LIMIT_LOG_SECONDS:
+            self._last_fd_log = now
             log.warning(
                 "out of file descriptors: not accepting HTTP connections for a second",
                 error=str(exc),

@@ -236,7 +236,7 @@ class Recorder:
 
 def test_only_an_authorised_metrics_render_takes_priority(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """An idle connection, a 401 and a 404 never park event processing; an authorised
-    /metrics does, for its render only, not until the client has read the body."""
+    /metrics does, around its render, and lets go before the client has read the body."""
     recorder = Recorder()
     body = b"x" * (16 * 1024 * 1024)  # far more than the socket buffers hold
     during_render: list[list[bool]] = []
