@@ -43,6 +43,8 @@ NAN = float("nan")
 AMBIGUOUS = "\x00ambiguous"  # a worker seen serving several queues: never inferred
 PENDING_SECONDS = 1.0
 PENDING_CAP = 10_000
+PENDING_PROBE = 50  # received events that wait in vain before we stop expecting task-sent
+DEPARTURE_GRACE = 5.0  # seconds for a departed worker's buffered task events to arrive
 MAX_CLOCK_AHEAD = 300.0  # an event stamped further in the future than this is clamped
 SENT_KEY_COST = 2  # a producer label set: its sent counter and that counter's _created
 MAX_RUNTIME = 1e7  # seconds (115 days): a longer runtime would pin the histogram sum
@@ -217,6 +219,7 @@ class State:
         self._reject_logged_at: dict[str, float] = {}
         self._worker_states: dict[str, str] = {}  # last state seen by check_workers
         self._departed: dict[str, float] = {}  # offline workers -> when they left
+        self._departing: dict[str, float] = {}  # the same, until their tasks are settled
         # Written by the inspector thread, replaced whole: worker node name -> the one queue
         # it consumes, and -> its pool (kind and size).
         self.worker_queue: dict[str, str] = {}
@@ -227,6 +230,7 @@ class State:
         # eta, event time), and expiry order.
         self._pending: dict[str, tuple[str, bool, float, float]] = {}
         self._pending_order: deque[tuple[float, str]] = deque()
+        self._unanswered_waits = 0
         self._handlers = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
@@ -460,10 +464,11 @@ class State:
 
         The producer and the worker publish on separate connections, so a worker that takes
         a message at once can get its task-received here before the producer's task-sent.
-        Wait (up to PENDING_SECONDS) only when producers do send task-sent events and the
-        worker's queue cannot be inferred."""
+        Wait (up to PENDING_SECONDS) only when the worker's queue cannot be inferred and
+        producers send task-sent events (or may: the first tasks after a start wait, until
+        PENDING_PROBE waits went unanswered)."""
         return (
-            bool(self.last_sent)
+            (bool(self.last_sent) or self._unanswered_waits < PENDING_PROBE)
             and len(self._pending) < PENDING_CAP
             and self._infer_queue(host) == self.options.default_queue_name
         )
@@ -483,6 +488,7 @@ class State:
         while order and order[0][0] <= now:
             _, uuid = order.popleft()
             if uuid in self._pending:
+                self._unanswered_waits += 1
                 self._release(uuid)
 
     def _task_started(
@@ -618,12 +624,13 @@ class State:
             self.invalid_field(name)
         if worker.online:
             self._departed.pop(host, None)
+            self._departing.pop(host, None)
         else:
-            # A warm shutdown finishes what it started and hands reserved messages back;
-            # a started task still unfinished now did not finish.
-            self._lose_tasks(host, started_only=True)
+            # A warm shutdown finishes what it started and hands reserved messages back.
+            # Its last task events are buffered and may arrive after worker-offline, so the
+            # started tasks still unfinished a moment later are the ones that did not finish.
             self._worker_states[host] = OFFLINE
-            self._departed[host] = received
+            self._departed[host] = self._departing[host] = received
 
     def _lose_tasks(self, host: str, started_only: bool = False) -> int:
         """Count the tasks ``host`` held and will never finish as lost, once each."""
@@ -674,6 +681,9 @@ class State:
                 states[host] = state
                 if state == WORKER_LOST:
                     self._lose_tasks(host)
+        for host in [h for h, left in self._departing.items() if now - left >= DEPARTURE_GRACE]:
+            del self._departing[host]
+            self._lose_tasks(host, started_only=True)
 
     def forget_workers(self, now: float) -> list[str]:
         """Drop workers silent for --worker-forget-after, with every series they labelled."""
@@ -690,6 +700,7 @@ class State:
         del self.workers[host]
         self._worker_states.pop(host, None)
         self._departed.pop(host, None)
+        self._departing.pop(host, None)
         self._queue_seen.pop(host, None)
         self.hosts.forget(host)
         self._drop_series(lambda key: key[1] == host)

@@ -63,9 +63,20 @@ def test_a_warm_shutdown_hands_reserved_tasks_back_and_loses_only_unfinished_sta
         sent("b"), received("b"),
         heartbeat(kind="worker-offline"),
     )  # fmt: skip
+    state.check_workers(now=T0 + 1.0)  # its buffered task events may still be on the way
+    assert state.counters[TASK_LOST][KEY] == 0
+    state.check_workers(now=T0 + 6.0)
     assert state.counters[TASK_LOST][KEY] == 1
     state.check_workers(now=T0 + 60.0)  # offline is a departure, not a loss
     assert state.counters[TASK_LOST][KEY] == 1
+
+
+def test_a_task_finishing_just_after_its_worker_said_goodbye_is_not_lost() -> None:
+    state = run(State(), heartbeat(), sent("a"), received("a"), ev("task-started", "a"))
+    run(state, heartbeat(kind="worker-offline", ts=T0 + 1), at=T0 + 1)
+    run(state, ev("task-succeeded", "a", ts=T0 + 1, runtime=1.0), at=T0 + 1.2)
+    state.check_workers(now=T0 + 10.0)
+    assert state.counters[TASK_LOST][KEY] == 0
 
 
 def test_a_restarted_worker_held_nothing_what_it_held_before_is_lost() -> None:

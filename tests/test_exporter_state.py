@@ -286,3 +286,25 @@ def test_a_later_event_counts_the_waiting_received_first() -> None:
     )
     assert state.counters["task-received"][("t", "w2@h", "unknown")] == 1
     assert state.counters["task-started"][("t", "w2@h", "unknown")] == 1
+
+
+def test_the_first_tasks_wait_for_their_task_sent_until_producers_prove_silent(
+    monkeypatch,
+) -> None:  # type: ignore[no-untyped-def]
+    import exporter.state as state_module
+
+    state = State()
+    # A fresh exporter: the very first task-received races ahead of its task-sent.
+    state.apply([_event("task-received", "a", name="t")], received=1.0)
+    assert state.counters["task-received"] == {}
+    state.apply([_event("task-sent", "a", "gen1@p", name="t", queue="q")], received=1.0)
+    assert state.counters["task-received"] == {("t", "w@h", "q"): 1}
+
+    # Producers without task_send_sent_event: after PENDING_PROBE waits in vain, no more.
+    silent = State()
+    monkeypatch.setattr(state_module, "PENDING_SECONDS", 0.0)
+    for i in range(state_module.PENDING_PROBE):
+        silent.apply([_event("task-received", f"u{i}", "w2@h", name="t")], received=1.0)
+        silent.flush_pending()
+    silent.apply([_event("task-received", "late", "w3@h", name="t")], received=1.0)
+    assert silent.counters["task-received"][("t", "w3@h", "unknown")] == 1  # counted at once

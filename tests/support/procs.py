@@ -336,3 +336,10 @@ class CeleryWorker:
         """Warm shutdown (SIGTERM), which sends worker-offline."""
         assert self.process is not None
         return self.process.stop(timeout=30)
+
+    def warm_shutdown(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM to the main process only, as Kubernetes or systemd stop a worker: it
+        finishes the tasks it started, then sends worker-offline and exits."""
+        assert self.process is not None and self.process.proc is not None
+        os.kill(self.process.pid, signal.SIGTERM)
+        return self.process.proc.wait(timeout=timeout)
