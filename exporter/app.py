@@ -28,7 +28,7 @@ from exporter.logs import mask_url
 from exporter.poller import AmqpBrokerPoller, PollerThread, RedisBrokerPoller
 from exporter.sources.celery_receiver import ReceiverEventSource
 from exporter.sources.redis_pubsub import RedisEventSource, event_pattern
-from exporter.state import UNKNOWN, State
+from exporter.state import UNKNOWN, State, merge_pools
 from exporter.webconfig import WebConfig
 
 log = structlog.get_logger(__name__)
@@ -209,19 +209,25 @@ class Exporter:
             )
 
     def _learn_queues(self, view: InspectView) -> None:
-        """Runs on the inspector thread: which queue each single-queue worker serves."""
+        """Runs on the inspector thread: which queue each single-queue worker serves, and
+        each worker's pool (both dicts are replaced whole, never mutated)."""
         self.state.worker_queue = {
             worker: queues[0] for worker, queues in view.queues_of.items() if len(queues) == 1
         }
+        self.state.pools = merge_pools(self.state.pools, view.pools)
 
     def _housekeeping(self) -> None:
         """Runs on the event thread (the state's owner) about once a second."""
-        self.state.flush_pending()
+        state = self.state
+        state.flush_pending()
         now = time.time()
+        state.check_workers(now)
         if now >= self._next_forget:
             self._next_forget = now + FORGET_CHECK_SECONDS
-            for host in self.state.forget_workers(now):
+            for host in state.forget_workers(now):
                 log.info("forgot worker", hostname=host)
+            for producer in state.forget_producers(now):
+                log.info("forgot producer", hostname=producer)
 
     def _enable_events_forever(self) -> None:
         while not self._stopping.is_set():
@@ -243,6 +249,7 @@ class Exporter:
             self.config.visibility_timeout,
             __version__,
             celery.__version__,
+            self.started_at,
         )
 
     def render_text(self) -> str:
@@ -284,8 +291,9 @@ def status_document(view: ScrapeView, started_at: float) -> dict[str, Any]:
     workers = [
         {
             "hostname": host,
-            "up": view.worker_up[host],
-            "active": worker.active if view.worker_up[host] else 0,
+            "up": view.worker_up(host),
+            "state": snap.worker_states[host],
+            "active": worker.active if view.worker_up(host) else 0,
             "processed": worker.processed,
             "last_heartbeat_age_seconds": max(0.0, snap.now - worker.last_seen),
             "sends_task_events": worker.sends_task_events,

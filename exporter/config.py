@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ class Config:
     web_config_file: str | None = None
     queues: tuple[str, ...] = ()
     broker_poll_interval: float = 5.0
+    retry_interval: float = 0.0  # longest reconnect wait; 0: capped exponential backoff
     inspect_interval: float = 30.0
     inspect_timeout: float = 2.0
     enable_events_interval: float = 0.0
@@ -34,6 +36,8 @@ class Config:
     broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
     # Celery's broker_use_ssl (--broker-ssl-option key=value, repeatable).
     broker_ssl_options: Mapping[str, Any] = field(default_factory=dict)
+    metric_prefix: str = "celery_"
+    static_labels: Mapping[str, str] = field(default_factory=dict)
     event_source: str = "auto"
     max_backlog_bytes: int = 512 * 1024 * 1024
     wait_for_broker: bool = True
@@ -80,6 +84,8 @@ class Config:
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", self.metric_prefix):
+            raise ConfigError(f"--metric-prefix {self.metric_prefix!r} is not a metric name prefix")
         if self.state.max_tracked_tasks < 1:
             raise ConfigError("--max-tracked-tasks must be at least 1")
         return self

@@ -1,0 +1,99 @@
+"""Workers as the exporter knows them: heartbeats, the pool they run, and their state.
+
+A worker is ``online`` while its heartbeats arrive within the worker timeout. When they stop
+it is either gone on purpose or not:
+
+* ``offline``: it said goodbye (``worker-offline``: warm shutdown, autoscale-down, a
+  rolling deploy). A departure, not a death; it never alerts.
+* ``lost``: heartbeats stopped without a goodbye (SIGKILL, OOM, node loss). This alerts.
+* ``busy``: heartbeats stopped while it runs a task the exporter saw start, and its pool
+  (known from the background inspect) runs tasks in the thread that sends heartbeats
+  (solo, or a threads/gevent/eventlet pool whose task holds the loop). Such a worker is most
+  likely working, not dead; the long task shows in ``celery_task_oldest_running_age_seconds``.
+  The exporter states what it saw rather than guess either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+ONLINE, OFFLINE, LOST, BUSY = "online", "offline", "lost", "busy"
+STATES = (ONLINE, OFFLINE, LOST, BUSY)
+# Pools whose running task blocks the heartbeat (module of celery.concurrency.<x>:TaskPool).
+HEARTBEAT_BLOCKING_POOLS = frozenset({"solo", "thread", "threads", "gevent", "eventlet"})
+MAX_FREQ = 3600.0  # a heartbeat interval beyond an hour is a bug or an attack, not a worker
+MAX_COUNT = 10**9
+
+
+class Pool(NamedTuple):
+    """A worker's pool from inspect ``stats``: implementation short name and concurrency."""
+
+    kind: str
+    size: int
+
+
+def pool_kind(implementation: object) -> str:
+    """``"celery.concurrency.solo:TaskPool"`` -> ``"solo"``; unknown input -> ``""``."""
+    if not isinstance(implementation, str):
+        return ""
+    module = implementation.partition(":")[0]
+    return module.rsplit(".", 1)[-1]
+
+
+@dataclass(slots=True)
+class Worker:
+    """What the worker's events said about it."""
+
+    last_seen: float  # local receive time (skew-free), Unix seconds
+    freq: float = 2.0
+    active: int = 0
+    processed: int = 0
+    first_processed: int | None = None
+    online: bool = True
+    task_events_seen: bool = False
+    running: int = 0  # tasks the exporter saw start on it and not finish (or get lost)
+
+    @property
+    def sends_task_events(self) -> bool:
+        """False when the worker processed tasks but none of its task events arrived (no -E)."""
+        return self.task_events_seen or self.processed == (self.first_processed or 0)
+
+    def copy(self) -> Worker:
+        return Worker(
+            self.last_seen,
+            self.freq,
+            self.active,
+            self.processed,
+            self.first_processed,
+            self.online,
+            self.task_events_seen,
+            self.running,
+        )
+
+
+def worker_state(worker: Worker, now: float, timeout: float | None, pool: Pool | None) -> str:
+    """online / offline / lost / busy (module docstring). ``timeout`` None: three heartbeat
+    intervals of this worker; 0: never time out."""
+    if not worker.online:
+        return OFFLINE
+    limit = 3 * worker.freq if timeout is None else timeout
+    if limit == 0 or now - worker.last_seen <= limit:
+        return ONLINE
+    if worker.running > 0 and pool is not None and pool.kind in HEARTBEAT_BLOCKING_POOLS:
+        return BUSY
+    return LOST
+
+
+def valid_freq(value: object) -> float | None:
+    """A heartbeat interval we can trust, or None (``freq=1e18`` would keep a dead worker up)."""
+    if (type(value) is float or type(value) is int) and 0 < value <= MAX_FREQ:
+        return float(value)
+    return None
+
+
+def valid_count(value: object) -> int | None:
+    """A task count from a heartbeat: an int in [0, 1e9], or None (``active=-5``)."""
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value
+    return None
