@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from exporter.inflight import InFlight
 from exporter.labels import OTHER, LabelGuard, SeriesBudget
 from exporter.taskindex import LOST, NOT_RECEIVED, TaskIndex
 from exporter.workers import (
@@ -30,8 +31,6 @@ from exporter.workers import (
     OFFLINE,
     Pool,
     Worker,
-    valid_count,
-    valid_freq,
     worker_state,
 )
 
@@ -208,14 +207,7 @@ class State:
         self.newest_event: float | None = None
         self.last_sent: dict[str, float] = {}  # task name -> newest task-sent time
         self.producer_seen: dict[str, float] = {}  # producer label -> last task-sent (local)
-        # Future-ETA tasks held by workers: uuid -> queue label, and the count per queue.
-        self._scheduled: dict[str, str] = {}
-        self.scheduled: dict[str, int] = {}
-        # Started, unfinished tasks: uuid -> ((name, queue), host); per (name, queue) an
-        # insertion-ordered dict uuid -> local start time, so its first value is the oldest.
-        self._running: dict[str, tuple[tuple[str, str], str]] = {}
-        self._running_by_key: dict[tuple[str, str], dict[str, float]] = {}
-        self.oldest_running: dict[tuple[str, str], float] = {}
+        self.inflight = InFlight()  # running and scheduled tasks
         self._known_sets: set[tuple[str, ...]] = set()
         self._key_cost = (
             len(TASK_COUNTERS)
@@ -461,8 +453,7 @@ class State:
         if redelivered:
             self.counters[TASK_REDELIVERED][key] += 1
         if eta > ts:  # held in the worker's memory until its ETA: invisible in the queue
-            self._scheduled[uuid] = key[2]
-            self.scheduled[key[2]] = self.scheduled.get(key[2], 0) + 1
+            self.inflight.schedule(uuid, key[2])
 
     def _should_wait_for_sent(self, host: str) -> bool:
         """Whether a task-received with no queue yet should wait for its task-sent.
@@ -500,7 +491,7 @@ class State:
         uuid = self._uuid(event)
         host = self._worker_label(hostname)
         slot = self.index.started(uuid, ts)
-        self._unschedule(uuid)
+        self.inflight.unschedule(uuid)
         index = self.index
         index.hosts[slot] = host
         key = self._labels(index.names[slot], host, index.queues[slot])
@@ -510,8 +501,7 @@ class State:
             self._observe(
                 self.queue_wait, key, max(0.0, ts - ready), self.options.queue_wait_buckets
             )
-        if uuid not in self._running:
-            self._start_running(uuid, (key[0], key[2]), host, received)
+        self.inflight.start(uuid, (key[0], key[2]), host, received)
 
     def _finish(self, event: dict[str, Any], hostname: str, final: str) -> tuple[Any, ...]:
         """Labels and start time of a task reaching a final state, counted once per task."""
@@ -601,49 +591,12 @@ class State:
         hist.counts[bisect_left(bounds, value)] += 1
         hist.sum += value
 
-    # ----------------------------------------------------------------- running, scheduled
-
-    def _start_running(self, uuid: str, key: tuple[str, str], host: str, at: float) -> None:
-        self._running[uuid] = (key, host)
-        tasks = self._running_by_key.get(key)
-        if tasks is None:
-            tasks = self._running_by_key[key] = {}
-            self.oldest_running[key] = at
-        tasks[uuid] = at
-        worker = self.workers.get(host)
-        if worker is not None:
-            worker.running += 1
-
     def _leaving(self, slot: int) -> None:
         """A task stops being scheduled or running here (finished, lost, evicted, retried,
-        requeued or redelivered): drop what was derived from it."""
+        requeued or delivered again)."""
         uuid = self.index.uuids[slot]
-        if uuid is None:
-            return
-        self._unschedule(uuid)
-        entry = self._running.pop(uuid, None)
-        if entry is None:
-            return
-        key, host = entry
-        tasks = self._running_by_key[key]
-        del tasks[uuid]
-        if tasks:
-            self.oldest_running[key] = next(iter(tasks.values()))
-        else:
-            del self._running_by_key[key]
-            del self.oldest_running[key]
-        worker = self.workers.get(host)
-        if worker is not None and worker.running > 0:
-            worker.running -= 1
-
-    def _unschedule(self, uuid: str) -> None:
-        queue = self._scheduled.pop(uuid, None)
-        if queue is not None:
-            left = self.scheduled[queue] - 1
-            if left:
-                self.scheduled[queue] = left
-            else:
-                del self.scheduled[queue]
+        if uuid is not None:
+            self.inflight.leave(uuid)
 
     # ----------------------------------------------------------------- worker events
 
@@ -661,7 +614,8 @@ class State:
             self._lose_tasks(host)  # a (re)started worker holds nothing: what it held is lost
         worker.last_seen = received
         worker.online = kind != "worker-offline"
-        self._read_heartbeat(worker, event)
+        for name in worker.read_heartbeat(event):
+            self.invalid_field(name)
         if worker.online:
             self._departed.pop(host, None)
         else:
@@ -670,23 +624,6 @@ class State:
             self._lose_tasks(host, started_only=True)
             self._worker_states[host] = OFFLINE
             self._departed[host] = received
-
-    def _read_heartbeat(self, worker: Worker, event: dict[str, Any]) -> None:
-        for name in ("freq", "active", "processed"):
-            raw = event.get(name)
-            if raw is None:
-                continue
-            value = valid_freq(raw) if name == "freq" else valid_count(raw)
-            if value is None:
-                self.invalid_field(name)
-            elif name == "freq":
-                worker.freq = value
-            elif name == "active":
-                worker.active = int(value)
-            else:
-                worker.processed = int(value)
-                if worker.first_processed is None or value < worker.first_processed:
-                    worker.first_processed = int(value)  # a restarted worker counts from 0
 
     def _lose_tasks(self, host: str, started_only: bool = False) -> int:
         """Count the tasks ``host`` held and will never finish as lost, once each."""
@@ -719,7 +656,10 @@ class State:
     # ----------------------------------------------------------------- housekeeping
 
     def worker_state(self, host: str, worker: Worker, now: float) -> str:
-        return worker_state(worker, now, self.options.worker_timeout, self.pools.get(host))
+        return worker_state(
+            worker, now, self.options.worker_timeout, self.pools.get(host),
+            self.inflight.running_on(host),
+        )  # fmt: skip
 
     def worker_up(self, worker: Worker, now: float, host: str = "") -> bool:
         return self.worker_state(host, worker, now) == "online"
@@ -786,7 +726,7 @@ class State:
         so the copy never sees a dict mid-resize; histograms are copied bucket list first."""
         now = time.time() if now is None else now
         workers = {host: w.copy() for host, w in self.workers.copy().items()}
-        pools = self.pools
+        pools, running = self.pools, self.inflight.per_host.copy()
         timeout = self.options.worker_timeout
         return Snapshot(
             now=now,
@@ -797,7 +737,8 @@ class State:
             created=self.created.copy(),
             workers=workers,
             worker_states={
-                h: worker_state(w, now, timeout, pools.get(h)) for h, w in workers.items()
+                h: worker_state(w, now, timeout, pools.get(h), running.get(h, 0))
+                for h, w in workers.items()
             },
             pools=pools,
             events=self.events.copy(),
@@ -815,8 +756,8 @@ class State:
             evicted=self.index.evicted,
             newest_event=self.newest_event,
             last_sent=self.last_sent.copy(),
-            scheduled=self.scheduled.copy(),
-            oldest_running=self.oldest_running.copy(),
+            scheduled=self.inflight.scheduled.copy(),
+            oldest_running=self.inflight.oldest.copy(),
             queues_seen=list(self.queues.known.values()),
         )
 

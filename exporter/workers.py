@@ -16,7 +16,7 @@ it is either gone on purpose or not:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 ONLINE, OFFLINE, LOST, BUSY = "online", "offline", "lost", "busy"
 STATES = (ONLINE, OFFLINE, LOST, BUSY)
@@ -52,12 +52,37 @@ class Worker:
     first_processed: int | None = None
     online: bool = True
     task_events_seen: bool = False
-    running: int = 0  # tasks the exporter saw start on it and not finish (or get lost)
 
     @property
     def sends_task_events(self) -> bool:
         """False when the worker processed tasks but none of its task events arrived (no -E)."""
         return self.task_events_seen or self.processed == (self.first_processed or 0)
+
+    def read_heartbeat(self, event: dict[str, Any]) -> list[str]:
+        """Take freq, active and processed from a worker event; return the names of fields
+        that were out of range and ignored (a dead worker must not stay up on freq=1e18)."""
+        invalid = []
+        freq = event.get("freq")
+        if freq is not None:
+            if (value := valid_freq(freq)) is None:
+                invalid.append("freq")
+            else:
+                self.freq = value
+        active = event.get("active")
+        if active is not None:
+            if (count := valid_count(active)) is None:
+                invalid.append("active")
+            else:
+                self.active = count
+        processed = event.get("processed")
+        if processed is not None:
+            if (count := valid_count(processed)) is None:
+                invalid.append("processed")
+            else:
+                self.processed = count
+                if self.first_processed is None or count < self.first_processed:
+                    self.first_processed = count  # a restarted worker counts from 0 again
+        return invalid
 
     def copy(self) -> Worker:
         return Worker(
@@ -68,19 +93,21 @@ class Worker:
             self.first_processed,
             self.online,
             self.task_events_seen,
-            self.running,
         )
 
 
-def worker_state(worker: Worker, now: float, timeout: float | None, pool: Pool | None) -> str:
+def worker_state(
+    worker: Worker, now: float, timeout: float | None, pool: Pool | None, running: int
+) -> str:
     """online / offline / lost / busy (module docstring). ``timeout`` None: three heartbeat
-    intervals of this worker; 0: never time out."""
+    intervals of this worker; 0: never time out. ``running``: tasks the exporter saw start
+    on it and not finish."""
     if not worker.online:
         return OFFLINE
     limit = 3 * worker.freq if timeout is None else timeout
     if limit == 0 or now - worker.last_seen <= limit:
         return ONLINE
-    if worker.running > 0 and pool is not None and pool.kind in HEARTBEAT_BLOCKING_POOLS:
+    if running > 0 and pool is not None and pool.kind in HEARTBEAT_BLOCKING_POOLS:
         return BUSY
     return LOST
 
