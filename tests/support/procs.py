@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from tests.support import backends
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 T = TypeVar("T")
@@ -154,7 +156,11 @@ class ProcessTracker:
         cwd: Path | None = None,
     ) -> ManagedProcess:
         log_path = self.log_dir / f"{name}-{len(self.processes)}.log"
-        proc = ManagedProcess(argv, log_path, env=env, cwd=cwd).start()
+        # On the docker backend a server binary runs from its image (tests/support/backends.py).
+        proc = backends.container_process(argv, log_path, env) or ManagedProcess(
+            argv, log_path, env=env, cwd=cwd
+        )
+        proc.start()
         self.processes.append(proc)
         return proc
 
@@ -173,6 +179,8 @@ class ProcessTracker:
 def require_binary(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
+        if backends.in_container(name):
+            return name  # the docker backend runs it from its image
         raise RuntimeError(f"{name} not found: install it with 'apt-get install {package}'")
     return path
 
