@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,14 @@ from typing import Any
 import structlog
 
 from exporter.inflight import InFlight
-from exporter.labels import OTHER, LabelGuard, SeriesBudget
+from exporter.labels import OTHER, LabelGuard
+from exporter.series import (  # noqa: F401 - re-exported for the collector
+    TASK_COUNTERS,
+    TASK_EVENT_TYPES,
+    TASK_LOST,
+    TASK_REDELIVERED,
+    TaskSeries,
+)
 from exporter.taskindex import LOST, NOT_RECEIVED, TaskIndex
 from exporter.workers import (
     LOST as WORKER_LOST,
@@ -46,24 +52,9 @@ PENDING_CAP = 10_000
 PENDING_PROBE = 50  # received events that wait in vain before we stop expecting task-sent
 DEPARTURE_GRACE = 5.0  # seconds for a departed worker's buffered task events to arrive
 MAX_CLOCK_AHEAD = 300.0  # an event stamped further in the future than this is clamped
-SENT_KEY_COST = 2  # a producer label set: its sent counter and that counter's _created
 MAX_RUNTIME = 1e7  # seconds (115 days): a longer runtime would pin the histogram sum
 _EXCEPTION_CLASS = re.compile(r"^([\w.]+)\(")
 
-TASK_EVENT_TYPES = (
-    "task-sent",
-    "task-received",
-    "task-started",
-    "task-succeeded",
-    "task-failed",
-    "task-rejected",
-    "task-revoked",
-    "task-retried",
-)
-# Counters the exporter derives itself, kept beside the event counters (same label sets).
-TASK_LOST = "task-lost"
-TASK_REDELIVERED = "task-redelivered"
-TASK_COUNTERS = (*TASK_EVENT_TYPES, TASK_LOST, TASK_REDELIVERED)
 WORKER_EVENT_TYPES = ("worker-online", "worker-heartbeat", "worker-offline")
 
 # Reasons an event is not applied (celery_exporter_events_rejected_total{reason}).
@@ -119,16 +110,6 @@ def parse_eta(eta: object) -> float:
         return datetime.fromisoformat(eta).timestamp()
     except ValueError as exc:
         raise InvalidEvent("eta") from exc
-
-
-class Histogram:
-    """Non-cumulative bucket counts plus a sum; cumulated only when rendered."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self, n_buckets: int) -> None:
-        self.counts = [0] * (n_buckets + 1)  # the last one is +Inf
-        self.sum = 0.0
 
 
 @dataclass
@@ -195,13 +176,20 @@ class State:
         self.producers = LabelGuard("producer", opts.max_producers, opts.max_label_length)
         self.queues = LabelGuard("queue_name", opts.max_queues, opts.max_label_length)
         self.exceptions = LabelGuard("exception", opts.max_exception_types, opts.max_label_length)
-        self.budget = SeriesBudget(opts.max_series)
-        self.counters: dict[str, dict[tuple[str, ...], int]] = {t: {} for t in TASK_COUNTERS}
-        self.failed = self.counters["task-failed"]  # keyed (name, host, queue, exception)
-        self.processed: dict[tuple[str, ...], int] = {}
-        self.runtime: dict[tuple[str, ...], Histogram] = {}
-        self.queue_wait: dict[tuple[str, ...], Histogram] = {}
-        self.created: dict[tuple[str, ...], float] = {}  # label set -> when its series began
+        self.series = series = TaskSeries(
+            opts.max_series, opts.runtime_buckets, opts.queue_wait_buckets
+        )
+        # The series' tables, under the names the handlers and tests use.
+        self.counters, self.failed, self.processed = (
+            series.counters,
+            series.failed,
+            series.processed,
+        )
+        self.runtime, self.queue_wait, self.created = (
+            series.runtime,
+            series.queue_wait,
+            series.created,
+        )
         self.workers: dict[str, Worker] = {}
         self.events: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
@@ -210,12 +198,6 @@ class State:
         self.last_sent: dict[str, float] = {}  # task name -> newest task-sent time
         self.producer_seen: dict[str, float] = {}  # producer label -> last task-sent (local)
         self.inflight = InFlight()  # running and scheduled tasks
-        self._known_sets: set[tuple[str, ...]] = set()
-        self._key_cost = (
-            len(TASK_COUNTERS)
-            + 2
-            + sum(len(b) + 4 for b in (opts.runtime_buckets, opts.queue_wait_buckets))
-        )  # counters and processed with _created, both histograms' buckets, count, sum, created
         self._reject_logged_at: dict[str, float] = {}
         self._worker_states: dict[str, str] = {}  # last state seen by check_workers
         self._departed: dict[str, float] = {}  # offline workers -> when they left
@@ -339,8 +321,8 @@ class State:
         """The (name, hostname, queue) label set of a worker-side event, made known at 0."""
         task_host = GENERIC if self.options.generic_hostname_worker_task else host
         key = (name or UNKNOWN, task_host, queue or self._infer_queue(host))
-        if key not in self._known_sets:
-            key = self._make_known(key)
+        if key not in self.series.known:
+            key = self.series.worker_key(key)
         worker = self.workers.get(host)
         if worker is not None:
             worker.task_events_seen = True
@@ -364,33 +346,6 @@ class State:
             return seen
         return self.options.default_queue_name
 
-    def _make_known(self, key: tuple[str, ...]) -> tuple[str, ...]:
-        """Every counter of a new worker-side label set appears at 0, so rate() and
-        increase() see the first event (the sent counter too, as the peer exporter serves
-        it). The set draws from the series budget; past it, it folds into ``other``."""
-        if not self.budget.take(self._key_cost):
-            key = (OTHER, OTHER, OTHER)
-            if key in self._known_sets:
-                return key
-        self._known_sets.add(key)
-        self.created.setdefault(key, time.time())
-        for kind, counter in self.counters.items():
-            counter.setdefault((*key, "") if kind == "task-failed" else key, 0)
-        self.processed.setdefault(key, 0)
-        return key
-
-    def _make_sent_known(self, key: tuple[str, ...]) -> tuple[str, ...]:
-        """A producer's label set lives in the sent counter only (the peer does the same:
-        producers times every series would multiply the exposition)."""
-        sent = self.counters["task-sent"]
-        if not self.budget.take(SENT_KEY_COST):
-            key = (OTHER, OTHER, OTHER)
-            if key in sent:
-                return key
-        sent.setdefault(key, 0)
-        self.created.setdefault(key, time.time())
-        return key
-
     # ----------------------------------------------------------------- task events
 
     def _task_sent(self, event: dict[str, Any], hostname: str, ts: float, received: float) -> None:
@@ -403,9 +358,9 @@ class State:
         eta = parse_eta(event.get("eta"))
         self.index.sent(uuid, name, queue, ts, ts if not eta > ts else eta)
         key = (name, self._producer_label(hostname, received), queue)
-        sent = self.counters["task-sent"]
+        sent = self.series.sent
         if key not in sent:
-            key = self._make_sent_known(key)
+            key = self.series.sent_key(key)
         sent[key] += 1
         if not self.last_sent.get(name, 0.0) >= ts:
             self.last_sent[name] = ts
@@ -504,9 +459,7 @@ class State:
         self.counters["task-started"][key] += 1
         ready = index.ready[slot]
         if ready == ready:  # not NaN: we saw when it could first run
-            self._observe(
-                self.queue_wait, key, max(0.0, ts - ready), self.options.queue_wait_buckets
-            )
+            self.series.observe_queue_wait(key, max(0.0, ts - ready))
         self.inflight.start(uuid, (key[0], key[2]), host, received)
 
     def _finish(self, event: dict[str, Any], hostname: str, final: str) -> tuple[Any, ...]:
@@ -532,12 +485,7 @@ class State:
         self, event: dict[str, Any], hostname: str, ts: float, received: float
     ) -> None:
         key, started = self._finish(event, hostname, "task-failed")
-        exc_key = (*key, self.exceptions.get(exception_class(event.get("exception"))))
-        if exc_key not in self.failed:
-            self.failed[exc_key] = 0
-            self.created.setdefault(exc_key, time.time())
-        self.failed[exc_key] += 1
-        self.processed[key] += 1
+        self.series.fail(key, self.exceptions.get(exception_class(event.get("exception"))))
         if started == started:  # not NaN: we saw it start
             self._observe_runtime(key, ts - started)
 
@@ -546,7 +494,7 @@ class State:
         if runtime != runtime or runtime > MAX_RUNTIME:
             self.invalid_field("runtime")
         else:
-            self._observe(self.runtime, key, max(0.0, runtime), self.options.runtime_buckets)
+            self.series.observe_runtime(key, max(0.0, runtime))
 
     def _task_retried(
         self, event: dict[str, Any], hostname: str, ts: float, received: float
@@ -583,19 +531,6 @@ class State:
     ) -> None:
         key, _ = self._finish(event, hostname, event["type"])
         self.counters[event["type"]][key] += 1
-
-    @staticmethod
-    def _observe(
-        table: dict[tuple[str, ...], Histogram],
-        key: tuple[str, ...],
-        value: float,
-        bounds: tuple[float, ...],
-    ) -> None:
-        hist = table.get(key)
-        if hist is None:
-            hist = table[key] = Histogram(len(bounds))
-        hist.counts[bisect_left(bounds, value)] += 1
-        hist.sum += value
 
     def _leaving(self, slot: int) -> None:
         """A task stops being scheduled or running here (finished, lost, evicted, retried,
@@ -703,7 +638,7 @@ class State:
         self._departing.pop(host, None)
         self._queue_seen.pop(host, None)
         self.hosts.forget(host)
-        self._drop_series(lambda key: key[1] == host)
+        self.series.drop(lambda key: key[1] == host)
 
     def forget_producers(self, now: float) -> list[str]:
         """Drop producers (task-sent hostnames) silent for --producer-forget-after."""
@@ -714,21 +649,8 @@ class State:
             if producer in self.workers:  # a worker that also sends: its own lifecycle
                 continue
             self.producers.forget(producer)
-            self._drop_series(lambda key, p=producer: key[1] == p)
+            self.series.drop(lambda key, p=producer: key[1] == p)
         return gone
-
-    def _drop_series(self, doomed: Any) -> None:
-        known = self._known_sets
-        sent_only = [key for key in self.counters["task-sent"] if doomed(key) and key not in known]
-        worker_sets = [key for key in known if doomed(key)]
-        known.difference_update(worker_sets)
-        self.budget.give_back(len(worker_sets) * self._key_cost + len(sent_only) * SENT_KEY_COST)
-        tables: tuple[dict[Any, Any], ...] = (
-            *self.counters.values(), self.processed, self.runtime, self.queue_wait, self.created,
-        )  # fmt: skip
-        for table in tables:
-            for key in [key for key in table if doomed(key)]:
-                del table[key]
 
     # ----------------------------------------------------------------- reading
 
@@ -761,7 +683,7 @@ class State:
                     for guard in (self.names, self.hosts, self.queues, self.exceptions)
                 },
                 "producer": self.producers.overflow,
-                "series": self.budget.overflow,
+                "series": self.series.budget.overflow,
             },
             tracked=len(self.index),
             evicted=self.index.evicted,

@@ -63,7 +63,7 @@ def test_default_queue_name_labels_tasks_of_unknown_queue(no_task_sent) -> None:
 
 def test_the_series_budget_bounds_the_product_of_the_label_caps(no_task_sent) -> None:  # type: ignore[no-untyped-def]
     state = State(Options(max_series=2_000))
-    cost = state._key_cost
+    cost = state.series.key_cost
     for name in range(20):
         for host in range(20):
             uuid = f"{name}-{host}"
