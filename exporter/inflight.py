@@ -1,41 +1,37 @@
 """Tasks in flight that the queue cannot show: running ones and ETA tasks held by workers.
 
-Two figures come from here, both maintained per event so a scrape only copies a dict:
+Both are kept as cheaply as the hot path allows (one dict operation per event) and
+summarised only when read:
 
-* the oldest running task per (name, queue): each key keeps an insertion-ordered dict
-  ``uuid -> local start time``; starts arrive in time order, so its first value is the
-  oldest, and removing any task is O(1);
-* scheduled tasks per queue: received with a future ETA or countdown and not started,
-  held in the worker's memory (``celery_queue_length`` cannot see them).
-
-It also counts running tasks per worker, which tells a silent worker that is busy with a
-long task (solo pool) from one that is gone.
+* running tasks: ``uuid -> ((name, queue), worker, local start time)``; a scrape derives the
+  oldest per (name, queue), and the worker check derives how many run on each worker, which
+  tells a silent worker that is busy with a long task from one that is gone. There are as
+  many entries as tasks running (pool sizes), bounded by the task index in any case: an
+  evicted task leaves;
+* scheduled tasks per queue: received with a future ETA or countdown and not started, held
+  in the worker's memory (``celery_queue_length`` cannot see them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+Running = Mapping[str, tuple[tuple[str, str], str, float]]
+
 
 class InFlight:
-    """Owned by the event thread; scrapes copy ``oldest`` and ``scheduled``."""
+    """Owned by the event thread; readers copy ``running`` and ``scheduled``."""
 
     def __init__(self) -> None:
-        self._running: dict[str, tuple[tuple[str, str], str]] = {}  # uuid -> (key, host)
-        self._by_key: dict[tuple[str, str], dict[str, float]] = {}
-        self.oldest: dict[tuple[str, str], float] = {}  # (name, queue) -> oldest start
-        self.per_host: dict[str, int] = {}  # worker -> tasks running on it
+        self.running: dict[str, tuple[tuple[str, str], str, float]] = {}
         self._scheduled: dict[str, str] = {}  # uuid -> queue
         self.scheduled: dict[str, int] = {}  # queue -> scheduled tasks
 
     def start(self, uuid: str, key: tuple[str, str], host: str, at: float) -> None:
-        if uuid in self._running:
-            return
-        self._running[uuid] = (key, host)
-        tasks = self._by_key.get(key)
-        if tasks is None:
-            tasks = self._by_key[key] = {}
-            self.oldest[key] = at
-        tasks[uuid] = at
-        self.per_host[host] = self.per_host.get(host, 0) + 1
+        if self._scheduled:
+            self.unschedule(uuid)
+        if uuid not in self.running:
+            self.running[uuid] = (key, host, at)
 
     def schedule(self, uuid: str, queue: str) -> None:
         if uuid not in self._scheduled:
@@ -45,32 +41,31 @@ class InFlight:
     def unschedule(self, uuid: str) -> None:
         queue = self._scheduled.pop(uuid, None)
         if queue is not None:
-            _decrement(self.scheduled, queue)
+            left = self.scheduled[queue] - 1
+            if left:
+                self.scheduled[queue] = left
+            else:
+                del self.scheduled[queue]
 
     def leave(self, uuid: str) -> None:
         """The task is neither scheduled nor running any more (finished, lost, evicted,
         retried, requeued or delivered again)."""
-        self.unschedule(uuid)
-        entry = self._running.pop(uuid, None)
-        if entry is None:
-            return
-        key, host = entry
-        tasks = self._by_key[key]
-        del tasks[uuid]
-        if tasks:
-            self.oldest[key] = next(iter(tasks.values()))
-        else:
-            del self._by_key[key]
-            del self.oldest[key]
-        _decrement(self.per_host, host)
-
-    def running_on(self, host: str) -> int:
-        return self.per_host.get(host, 0)
+        self.running.pop(uuid, None)
+        if self._scheduled:
+            self.unschedule(uuid)
 
 
-def _decrement(counts: dict[str, int], key: str) -> None:
-    left = counts[key] - 1
-    if left:
-        counts[key] = left
-    else:
-        del counts[key]
+def oldest_running(running: Running) -> dict[tuple[str, str], float]:
+    """(name, queue) -> start time of its oldest running task."""
+    oldest: dict[tuple[str, str], float] = {}
+    for key, _, since in running.values():
+        if not oldest.get(key, since) < since:
+            oldest[key] = since
+    return oldest
+
+
+def running_per_worker(running: Running) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, host, _ in running.values():
+        counts[host] = counts.get(host, 0) + 1
+    return counts

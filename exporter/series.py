@@ -112,12 +112,6 @@ class TaskSeries:
         self.failed[exc_key] += 1
         self.processed[key] += 1
 
-    def observe_runtime(self, key: Key, seconds: float) -> None:
-        _observe(self.runtime, key, seconds, self.runtime_buckets)
-
-    def observe_queue_wait(self, key: Key, seconds: float) -> None:
-        _observe(self.queue_wait, key, seconds, self.queue_wait_buckets)
-
     def drop(self, doomed: Callable[[Key], bool]) -> None:
         """Remove every series whose label set is ``doomed`` and return its budget."""
         sent_only = [key for key in self.sent if doomed(key) and key not in self.known]
@@ -132,9 +126,8 @@ class TaskSeries:
                 del table[key]
 
 
-def _observe(
-    table: dict[Key, Histogram], key: Key, value: float, bounds: tuple[float, ...]
-) -> None:
+def observe(table: dict[Key, Histogram], key: Key, value: float, bounds: tuple[float, ...]) -> None:
+    """Count ``value`` in ``table[key]`` (created on first use). On the hot path: one call."""
     hist = table.get(key)
     if hist is None:
         hist = table[key] = Histogram(len(bounds))

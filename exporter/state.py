@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from exporter.inflight import InFlight
+from exporter.inflight import InFlight, oldest_running, running_per_worker
 from exporter.labels import OTHER, LabelGuard
 from exporter.series import (  # noqa: F401 - re-exported for the collector
     TASK_COUNTERS,
@@ -28,6 +28,7 @@ from exporter.series import (  # noqa: F401 - re-exported for the collector
     TASK_LOST,
     TASK_REDELIVERED,
     TaskSeries,
+    observe,
 )
 from exporter.taskindex import LOST, NOT_RECEIVED, TaskIndex
 from exporter.workers import (
@@ -198,6 +199,7 @@ class State:
         self.last_sent: dict[str, float] = {}  # task name -> newest task-sent time
         self.producer_seen: dict[str, float] = {}  # producer label -> last task-sent (local)
         self.inflight = InFlight()  # running and scheduled tasks
+        self._generic_worker_host = opts.generic_hostname_worker_task
         self._reject_logged_at: dict[str, float] = {}
         self._worker_states: dict[str, str] = {}  # last state seen by check_workers
         self._departed: dict[str, float] = {}  # offline workers -> when they left
@@ -319,7 +321,7 @@ class State:
 
     def _labels(self, name: str | None, host: str, queue: str | None) -> tuple[str, ...]:
         """The (name, hostname, queue) label set of a worker-side event, made known at 0."""
-        task_host = GENERIC if self.options.generic_hostname_worker_task else host
+        task_host = GENERIC if self._generic_worker_host else host
         key = (name or UNKNOWN, task_host, queue or self._infer_queue(host))
         if key not in self.series.known:
             key = self.series.worker_key(key)
@@ -386,7 +388,8 @@ class State:
             retries = 0
         host = self._worker_label(hostname)
         slot, redelivered = self.index.received(uuid, name, eta, retries)
-        self._leaving(slot)  # a redelivered task is no longer running where it was
+        if redelivered:  # no longer running or scheduled where it was
+            self._leaving(slot)
         self.index.hosts[slot] = host
         queue = self.index.queues[slot]
         if queue is None and self._should_wait_for_sent(host):
@@ -459,16 +462,18 @@ class State:
         self.counters["task-started"][key] += 1
         ready = index.ready[slot]
         if ready == ready:  # not NaN: we saw when it could first run
-            self.series.observe_queue_wait(key, max(0.0, ts - ready))
+            series = self.series
+            observe(series.queue_wait, key, max(0.0, ts - ready), series.queue_wait_buckets)
         self.inflight.start(uuid, (key[0], key[2]), host, received)
 
     def _finish(self, event: dict[str, Any], hostname: str, final: str) -> tuple[Any, ...]:
         """Labels and start time of a task reaching a final state, counted once per task."""
-        done = self.index.finish(self._uuid(event), final, self._leaving)
-        if done.duplicate:
+        uuid = self._uuid(event)
+        name, queue, started, duplicate = self.index.finish(uuid, final)
+        if duplicate:
             raise DuplicateEvent(final)
-        key = self._labels(done.name, self._worker_label(hostname), done.queue)
-        return key, done.started
+        self.inflight.leave(uuid)
+        return self._labels(name, self._worker_label(hostname), queue), started
 
     def _task_succeeded(
         self, event: dict[str, Any], hostname: str, ts: float, received: float
@@ -494,7 +499,8 @@ class State:
         if runtime != runtime or runtime > MAX_RUNTIME:
             self.invalid_field("runtime")
         else:
-            self.series.observe_runtime(key, max(0.0, runtime))
+            series = self.series
+            observe(series.runtime, key, max(0.0, runtime), series.runtime_buckets)
 
     def _task_retried(
         self, event: dict[str, Any], hostname: str, ts: float, received: float
@@ -597,21 +603,20 @@ class State:
 
     # ----------------------------------------------------------------- housekeeping
 
-    def worker_state(self, host: str, worker: Worker, now: float) -> str:
-        return worker_state(
-            worker, now, self.options.worker_timeout, self.pools.get(host),
-            self.inflight.running_on(host),
-        )  # fmt: skip
-
-    def worker_up(self, worker: Worker, now: float, host: str = "") -> bool:
-        return self.worker_state(host, worker, now) == "online"
+    def worker_states(self, now: float) -> dict[str, str]:
+        """Every worker's state now (online / offline / lost / busy)."""
+        running = running_per_worker(self.inflight.running)
+        timeout, pools = self.options.worker_timeout, self.pools
+        return {
+            host: worker_state(worker, now, timeout, pools.get(host), running.get(host, 0))
+            for host, worker in self.workers.items()
+        }
 
     def check_workers(self, now: float) -> None:
         """On the event thread, about once a second: a worker that turns lost loses the
         tasks it held (counted once)."""
         states = self._worker_states
-        for host, worker in self.workers.items():
-            state = self.worker_state(host, worker, now)
+        for host, state in self.worker_states(now).items():
             if states.get(host) != state:
                 states[host] = state
                 if state == WORKER_LOST:
@@ -659,8 +664,9 @@ class State:
         so the copy never sees a dict mid-resize; histograms are copied bucket list first."""
         now = time.time() if now is None else now
         workers = {host: w.copy() for host, w in self.workers.copy().items()}
-        pools, running = self.pools, self.inflight.per_host.copy()
-        timeout = self.options.worker_timeout
+        running = self.inflight.running.copy()
+        pools, timeout = self.pools, self.options.worker_timeout
+        per_worker = running_per_worker(running)
         return Snapshot(
             now=now,
             counters={kind: counter.copy() for kind, counter in self.counters.items()},
@@ -670,7 +676,7 @@ class State:
             created=self.created.copy(),
             workers=workers,
             worker_states={
-                h: worker_state(w, now, timeout, pools.get(h), running.get(h, 0))
+                h: worker_state(w, now, timeout, pools.get(h), per_worker.get(h, 0))
                 for h, w in workers.items()
             },
             pools=pools,
@@ -690,7 +696,7 @@ class State:
             newest_event=self.newest_event,
             last_sent=self.last_sent.copy(),
             scheduled=self.inflight.scheduled.copy(),
-            oldest_running=self.inflight.oldest.copy(),
+            oldest_running=oldest_running(running),
             queues_seen=list(self.queues.known.values()),
         )
 

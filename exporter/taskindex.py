@@ -24,7 +24,6 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 NaN = float("nan")
 NOT_RECEIVED = -1
@@ -34,21 +33,13 @@ SCHEDULED = 1  # received with a future ETA, not started: counted in the schedul
 LOST = 2  # counted as lost with its worker: never counted twice
 
 
-class Finished(NamedTuple):
-    """What a final event needs: labels, start time, and whether it repeats a final state."""
-
-    name: str | None
-    queue: str | None
-    started: float
-    host: str | None
-    duplicate: bool
+# What a final event needs: (name, queue, start time or NaN, whether it repeats a final
+# state of this attempt).
+Finished = tuple[str | None, str | None, float, bool]
 
 
-class Recent(NamedTuple):
-    name: str | None
-    queue: str | None
-    retries: int
-    finals: frozenset[str]
+# Final states, as bits: a task id remembers which it reported (Celery repeats some).
+FINAL_BITS = {"task-succeeded": 1, "task-failed": 2, "task-revoked": 4, "task-rejected": 8}
 
 
 class TaskIndex:
@@ -65,7 +56,8 @@ class TaskIndex:
             raise ValueError("the task index needs room for at least one task")
         self.cap = cap
         self.on_evict = on_evict
-        self._recent: dict[str, Recent] = {}
+        # Recently finished: uuid -> (name, queue, retries, final-state bits).
+        self._recent: dict[str, tuple[str | None, str | None, int, int]] = {}
         self._recent_order: deque[str] = deque()
         self._recent_cap = max(1, cap // 10)
         self.slot_of: dict[str, int] = {}
@@ -128,8 +120,7 @@ class TaskIndex:
             slot = self._allocate(uuid)
             recent = self._recent.pop(uuid, None)
             if recent is not None:
-                self.names[slot], self.queues[slot] = recent.name, recent.queue
-                self.retries[slot] = recent.retries
+                self.names[slot], self.queues[slot], self.retries[slot], _ = recent
         return slot
 
     def sent(self, uuid: str, name: str, queue: str, sent: float, ready: float) -> None:
@@ -170,31 +161,29 @@ class TaskIndex:
         slot = self.slot_of.get(uuid)
         if slot is None:
             recent = self._recent.get(uuid)
-            return (recent.name, recent.queue, NaN) if recent else (None, None, NaN)
+            return (recent[0], recent[1], NaN) if recent else (None, None, NaN)
         return self.names[slot], self.queues[slot], self.started_at[slot]
 
-    def finish(self, uuid: str, final: str, before: Callable[[int], None]) -> Finished:
-        """Move a finished task to the recent table; ``before(slot)`` runs first so the
-        owner can drop the task's running/scheduled figures. A final state already seen
-        for this attempt is reported as a duplicate (counted once per task id)."""
+    def finish(self, uuid: str, final: str) -> Finished:
+        """Move a finished task to the recent table. A final state already seen for this
+        attempt is reported as a duplicate (counted once per task id)."""
+        bit = FINAL_BITS[final]
         slot = self.slot_of.pop(uuid, None)
         if slot is None:
             recent = self._recent.get(uuid)
             if recent is None:
-                return Finished(None, None, NaN, None, False)
-            duplicate = final in recent.finals
-            if not duplicate:
-                self._recent[uuid] = recent._replace(finals=recent.finals | {final})
-            return Finished(recent.name, recent.queue, NaN, None, duplicate)
-        before(slot)
-        done = Finished(
-            self.names[slot], self.queues[slot], self.started_at[slot], self.hosts[slot], False
-        )
-        self._remember(uuid, Recent(done.name, done.queue, self.retries[slot], frozenset({final})))
-        self._clear(slot, None)
-        return done
+                return None, None, NaN, False
+            name, queue, retries, finals = recent
+            if finals & bit:
+                return name, queue, NaN, True
+            self._recent[uuid] = (name, queue, retries, finals | bit)
+            return name, queue, NaN, False
+        name, queue = self.names[slot], self.queues[slot]
+        self._remember(uuid, (name, queue, self.retries[slot], bit))
+        self.uuids[slot] = None  # the slot is cleared when it is allocated again
+        return name, queue, self.started_at[slot], False
 
-    def _remember(self, uuid: str, recent: Recent) -> None:
+    def _remember(self, uuid: str, recent: tuple[str | None, str | None, int, int]) -> None:
         self._recent[uuid] = recent
         self._recent_order.append(uuid)
         while len(self._recent_order) > self._recent_cap:

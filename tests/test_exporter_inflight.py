@@ -45,12 +45,12 @@ def test_a_killed_worker_loses_what_it_held_once_by_name() -> None:
         sent("b"), received("b"),  # reserved, not started
         sent("c"), received("c"), ev("task-started", "c"), ev("task-succeeded", "c", runtime=1.0),
     )  # fmt: skip
-    assert state.inflight.oldest == {("t", "q"): T0}
+    assert state.snapshot().oldest_running == {("t", "q"): T0}
     state.check_workers(now=T0 + 5.0)  # within 3 heartbeat intervals: still online
     assert state.counters[TASK_LOST][KEY] == 0
     state.check_workers(now=T0 + 7.0)  # heartbeats stopped: lost, with a and b
     assert state.counters[TASK_LOST][KEY] == 2
-    assert state.inflight.oldest == {}
+    assert state.snapshot().oldest_running == {}
     state.check_workers(now=T0 + 60.0)
     assert state.counters[TASK_LOST][KEY] == 2  # once
 
@@ -89,7 +89,7 @@ def test_a_second_delivery_of_the_same_attempt_is_a_redelivery_a_retry_is_not() 
     state = run(State(), heartbeat(), sent("a"), received("a"), ev("task-started", "a"))
     run(state, received("a", "w2@h"))  # visibility timeout: delivered again
     assert state.counters[TASK_REDELIVERED][("t", "w2@h", "q")] == 1
-    assert state.inflight.oldest == {}  # no longer running where it was
+    assert state.snapshot().oldest_running == {}  # no longer running where it was
     run(state, ev("task-retried", "a", "w2@h"), sent("a"), received("a", "w2@h", retries=1))
     assert state.counters[TASK_REDELIVERED][("t", "w2@h", "q")] == 1
     assert state.counters["task-received"][("t", "w2@h", "q")] == 2
@@ -163,7 +163,7 @@ def test_evicted_tasks_leave_the_running_and_scheduled_figures() -> None:
     state = State(Options(max_tracked_tasks=2))
     run(state, sent("a"), received("a"), ev("task-started", "a"), sent("b", eta=later))
     run(state, received("b", eta=later))
-    assert state.snapshot().scheduled == {"q": 1} and state.inflight.oldest
+    assert state.snapshot().scheduled == {"q": 1} and state.snapshot().oldest_running
     run(state, sent("c"), sent("d"))  # evicts a and b
     snap = state.snapshot()
     assert snap.scheduled == {} and snap.oldest_running == {} and snap.evicted == 2

@@ -66,7 +66,7 @@ def test_worker_goes_down_on_offline_and_on_silence() -> None:
     state = corpus_state()
     worker = state.workers[WORKER]
     assert worker.processed == 6
-    assert not state.worker_up(worker, now=1000.0)  # the corpus ends with worker-offline
+    assert state.worker_states(now=CORPUS_END)[WORKER] == "offline"  # it said goodbye
 
     state.apply(
         [
@@ -82,8 +82,8 @@ def test_worker_goes_down_on_offline_and_on_silence() -> None:
         received=2000.0,
     )
     worker = state.workers[WORKER]
-    assert state.worker_up(worker, now=2005.9)  # within 3 heartbeat intervals
-    assert not state.worker_up(worker, now=2006.1)
+    assert state.worker_states(now=2005.9)[WORKER] == "online"  # within 3 heartbeat intervals
+    assert state.worker_states(now=2006.1)[WORKER] == "lost"
 
 
 def test_forgotten_worker_takes_its_series_with_it() -> None:
@@ -111,7 +111,7 @@ def test_finished_tasks_leave_the_index_and_free_slots_are_reused_without_evicti
     index = TaskIndex(10)
     for i in range(100):
         index.sent(f"t{i}", "n", "q", 0.0, 0.0)
-        index.finish(f"t{i}", "task-succeeded", lambda slot: None)
+        index.finish(f"t{i}", "task-succeeded")
     assert len(index) == 0
     assert index.evicted == 0
 
