@@ -7,10 +7,16 @@ it is either gone on purpose or not:
   rolling deploy). A departure, not a death; it never alerts.
 * ``lost``: heartbeats stopped without a goodbye (SIGKILL, OOM, node loss). This alerts.
 * ``busy``: heartbeats stopped while it runs a task the exporter saw start, and its pool
-  (known from the background inspect) runs tasks in the thread that sends heartbeats
-  (solo, or a threads/gevent/eventlet pool whose task holds the loop). Such a worker is most
-  likely working, not dead; the long task shows in ``celery_task_oldest_running_age_seconds``.
-  The exporter states what it saw rather than guess either way.
+  (known from the background inspect) can starve the loop that sends heartbeats (a threads
+  pool whose task holds the GIL, a gevent/eventlet task that never yields). Such a worker is
+  most likely working, not dead; the long task shows in
+  ``celery_task_oldest_running_age_seconds``. The exporter states what it saw rather than
+  guess either way.
+
+A solo pool runs the task inside the event loop itself, and Celery buffers task events in
+that loop: while a solo worker runs a long task the exporter sees nothing at all, not even
+the task's start, so it cannot tell it from a dead one and shows it ``lost``. Such workers
+need a ``--worker-timeout`` longer than their longest task (docs and runbook say so).
 """
 
 from __future__ import annotations
