@@ -253,8 +253,9 @@ OPTIONS = Options()
     peer=True,
     show_default="3 heartbeat intervals",
     help="Seconds without a heartbeat before a worker counts as down (celery_worker_up 0, "
-    "state lost); 0: never. A solo-pool worker sends no heartbeat while it runs a task: "
-    "the exporter shows it 'busy', not lost, when inspect reports its pool.",
+    "state lost); 0: never. A solo-pool worker sends nothing, not even its task events, "
+    "while a task runs: give it a timeout longer than its longest task. Where the exporter "
+    "saw the task start (threads, gevent, eventlet pools) it shows the worker 'busy'.",
 )
 @option(
     "--worker-forget-after",
