@@ -149,6 +149,7 @@ class Exporter:
         self.http = HttpServer(
             ExporterApp(endpoints, self.web, RequestPriority(self.source.yield_to_requests)),
             self.config.listen_address,
+            self.config.http_limits,
         )
         self._rebuild_index()
         self.source.start()

@@ -17,6 +17,7 @@ from kombu import Connection
 
 from exporter import __version__
 from exporter.config import Config, ConfigError
+from exporter.httpserver import Limits
 from exporter.logs import configure_logging, mask_secrets, mask_url
 from exporter.state import Options
 from exporter.webconfig import WebConfigError, load_web_config
@@ -201,6 +202,21 @@ OPTIONS = Options()
     show_default=False,
     type=click.Path(dir_okay=False),
     help="exporter-toolkit web config (YAML) for TLS and basic auth.",
+)
+@option(
+    "--web.max-connections",
+    "max_connections",
+    type=click.IntRange(min=1),
+    default=CONFIG.http_limits.max_connections,
+    help="Open connections served at once (kept below the file-descriptor limit); past it "
+    "new ones are closed, counted and logged.",
+)
+@option(
+    "--web.read-header-timeout",
+    "read_header_timeout",
+    type=click.FloatRange(min=0.1),
+    default=CONFIG.http_limits.header_timeout,
+    help="Seconds a client has to send its request head (TLS handshake included).",
 )
 @option(
     "-Q",
@@ -515,6 +531,9 @@ def build_config(flags: dict[str, Any]) -> Config:
         broker_url=flags["broker_url"] or CONFIG.broker_url,
         listen_address=_listen_address(flags),
         web_config_file=flags["web_config_file"],
+        http_limits=Limits(
+            max_connections=flags["max_connections"], header_timeout=flags["read_header_timeout"]
+        ),
         queues=flags["queues"],
         broker_poll_interval=flags["broker_poll_interval"],
         retry_interval=flags["retry_interval"],

@@ -223,6 +223,22 @@ def test_the_connection_cap_logs_one_line_counts_and_recovers(procs, redis_serve
     assert f'"limit":{cap}' in lines[0]
 
 
+def test_the_max_connections_flag_sets_the_cap(procs, redis_server) -> None:  # type: ignore[no-untyped-def]
+    exporter = ExporterProcess(
+        procs, redis_server.url(0), args=["--web.max-connections", "4"]
+    ).start()
+    held = [socket.create_connection(("127.0.0.1", exporter.port), timeout=5) for _ in range(6)]
+    try:
+        wait_until(lambda: sum(not still_open(s) for s in held) == 2, timeout=20,
+                   message="the 2 connections past the cap of 4 closed")  # fmt: skip
+    finally:
+        for sock in held:
+            sock.close()
+    # Once the server has seen the held connections close, scrapes get a slot again.
+    scrape = wait_until(exporter.scrape, message="a scrape after the held connections closed")
+    assert scrape.value("celery_exporter_http_connections_rejected_total", reason="limit") >= 2
+
+
 # --------------------------------------------------------------------------- priority
 
 
