@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from stack import control
+from stack.faults import FAULTS
 from stack.ports import Ports, busy_port, listening
 from stack.supervisor import CrashLoop, Hold, Supervisor
 from tests.support.exporter import http_get, parse
@@ -297,6 +298,16 @@ def test_a_bad_alert_setting_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "unknown setting 'failure_ratoi'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_readme_tour_lists_every_fault_the_command_has() -> None:
+    readme = (ROOT / "README.md").read_text()
+    tour = readme[readme.index("### The tour") :]
+    tour = tour[: tour.index("\n## ")]
+    documented = re.findall(r"^\| `scripts/stack fault ([a-z-]+)`", tour, re.M)
+    assert documented == list(FAULTS)
+    listed = run_stack_py("fault", "--help").stdout
+    assert all(name in listed for name in FAULTS)
 
 
 def test_missing_binary_is_named_with_how_to_install_it(tmp_path: Path) -> None:
