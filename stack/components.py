@@ -35,6 +35,9 @@ DEMO_FAILURE_RATIO = 0.01
 # workload's default hour: a task lost with a killed worker is redelivered within minutes, so
 # the fault tour ends in CeleryTaskRedelivered rather than an hour-long stale delivery.
 VISIBILITY_TIMEOUT = 300
+# Admission control: the API answers 429 past this many waiting messages in a queue. The
+# demo's queues stay nearly empty; a flood (stack.faults) runs into it.
+ADMISSION_LIMIT = 100
 
 
 class MissingBinary(Exception):
@@ -97,6 +100,8 @@ def environment(opts: Options) -> dict[str, str]:
         "WORKLOAD_THUMBNAIL_DIR": str(opts.state / "thumbnails"),
         "WORKLOAD_EMAIL_RATE_LIMIT": email_rate_limit(opts.rate),
         "WORKLOAD_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        "WORKLOAD_API_MAX_BACKLOG": str(ADMISSION_LIMIT),
+        "WORKLOAD_STATE_DIR": str(opts.state / "workload"),
         "PYTHONUNBUFFERED": "1",
         "CELERY_OBSERVATORY_STACK": opts.stack_id,  # how tests find every process we own
     }

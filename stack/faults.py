@@ -25,7 +25,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from stack.components import BIN, WORKERS, email_rate_limit, worker_hostname
+from stack.alerting import SLOW_TASK, setting
+from stack.components import ADMISSION_LIMIT, BIN, WORKERS, email_rate_limit, worker_hostname
 from stack.runtime import Runtime
 from stack.supervisor import Hold
 
@@ -36,7 +37,7 @@ WORKER_DOWN_SECONDS = 6.0
 # Redis stays down at least this long (issue 14: "stop Redis for 30 s").
 REDIS_DOWN_SECONDS = 30.0
 FLOOD_CONCURRENCY = 16
-FLOOD_COUNT = 150
+FLOOD_COUNT = ADMISSION_LIMIT + ADMISSION_LIMIT // 2  # past the limit: some 429s
 # The API endpoint that feeds each queue, and a cheap job for it.
 FLOOD_JOBS: dict[str, tuple[str, Callable[[int, Runtime], dict[str, Any]]]] = {
     "email": ("/email", lambda i, rt: {"address": f"flood{i}@example.com"}),
@@ -107,17 +108,27 @@ def _seconds(value: float) -> str:
 
 
 def hold_for(
-    rt: Runtime, fault: str, alert: str, minimum: float, seconds: float | None, **labels: str
+    rt: Runtime,
+    fault: str,
+    alert: str,
+    minimum: float,
+    seconds: float | None,
+    detection: float = 0.0,
+    **labels: str,
 ) -> tuple[Hold, str]:
-    """How long a stopped component stays down, and that in words."""
+    """How long a stopped component stays down, and that in words.
+
+    ``detection``: seconds until the alert's condition holds (e.g. a periodic task's longest
+    allowed gap); the alert's ``for:`` and some slack for notification and a loaded machine
+    come on top, and bound the wait for the alert.
+    """
     since = time.monotonic()
     if seconds is not None:
         return Hold(fault, since, seconds, seconds), f"for {_seconds(seconds)}"
     if alert not in rt.alerts.alert_for:
         return Hold(fault, since, minimum, minimum), f"for {_seconds(minimum)}"
-    # Detection, evaluation, Alertmanager's group_wait and a loaded machine's delays.
     slack = 45.0 if rt.fast else 120.0
-    maximum = minimum + rt.alerts.alert_for[alert] + slack
+    maximum = max(minimum, detection) + rt.alerts.alert_for[alert] + slack
     hold = Hold(
         fault, since, minimum, maximum, lambda: rt.alert_log.delivered(alert, since, **labels)
     )
@@ -142,6 +153,7 @@ def kill_worker(rt: Runtime, say: Say, worker: str = "email", seconds: float | N
         "CeleryWorkerDown",
         WORKER_DOWN_SECONDS + 2 * rt.timing.scrape_seconds,
         seconds,
+        detection=WORKER_DOWN_SECONDS,
         hostname=hostname,
     )
     pid = rt.supervisor.hold(f"worker-{worker}", hold, signal.SIGKILL)
@@ -168,7 +180,12 @@ def kill_worker(rt: Runtime, say: Say, worker: str = "email", seconds: float | N
 
 def stop_redis(rt: Runtime, say: Say, seconds: float | None = None) -> None:
     hold, how_long = hold_for(
-        rt, "stop-redis", "CeleryBrokerUnreachable", REDIS_DOWN_SECONDS, seconds
+        rt,
+        "stop-redis",
+        "CeleryBrokerUnreachable",
+        REDIS_DOWN_SECONDS,
+        seconds,
+        detection=rt.timing.scrape_seconds,
     )
     pid = rt.supervisor.hold("redis", hold, signal.SIGTERM)
     say(f"stop-redis: stopped redis (pid {pid}; SIGTERM: it writes its AOF and exits).")
@@ -205,8 +222,8 @@ def flood(rt: Runtime, say: Say, queue: str = "email", count: int = FLOOD_COUNT)
     other = count - accepted - refused
     say(
         f"flood: sent {count} jobs to POST {path} (queue {queue}) in {elapsed:.1f} s:"
-        f" {accepted} accepted (202), {refused} refused by admission control (429 with"
-        f" Retry-After), {other} other."
+        f" {accepted} accepted (202), {refused} refused by admission control (429: the"
+        f" stack's API admits at most {ADMISSION_LIMIT} waiting per queue), {other} other."
     )
     if queue == "email":
         say(
@@ -247,8 +264,15 @@ def _post(url: str, body: dict[str, Any]) -> int | None:
 
 
 def stop_beat(rt: Runtime, say: Say, seconds: float | None = None) -> None:
+    # The alert fires once the shortest periodic task's longest allowed gap has passed.
+    gaps = setting(rt.settings, "periodic_tasks", {}) or {"": 90.0}
     hold, how_long = hold_for(
-        rt, "stop-beat", "CeleryPeriodicTaskMissed", 15.0 if rt.fast else 60.0, seconds
+        rt,
+        "stop-beat",
+        "CeleryPeriodicTaskMissed",
+        15.0 if rt.fast else 60.0,
+        seconds,
+        detection=min(gaps.values()),
     )
     pid = rt.supervisor.hold("beat", hold, signal.SIGTERM)
     say(f"stop-beat: stopped celery beat (pid {pid}): periodic tasks are no longer sent.")
@@ -269,7 +293,7 @@ def slow_task(rt: Runtime, say: Say, sleep: float = 60.0) -> None:
     sent = subprocess.run(
         [
             str(BIN / "celery"),
-            *("-A", "workload.app", "call", "workload.tasks.dummy_task"),
+            *("-A", "workload.app", "call", SLOW_TASK),
             *("--args", "[0]", "--kwargs", json.dumps({"sleep": sleep}), "--queue", "default"),
         ],
         env=rt.supervisor.env,
@@ -282,15 +306,27 @@ def slow_task(rt: Runtime, say: Say, sleep: float = 60.0) -> None:
     if sent.returncode != 0:
         raise FaultError(f"could not send the task: {(sent.stderr or sent.stdout).strip()[-300:]}")
     say(
-        f"slow-task: sent workload.tasks.dummy_task(0, sleep={sleep:g}) to queue default"
+        f"slow-task: sent {SLOW_TASK}(0, sleep={sleep:g}) to queue default"
         f" (task {sent.stdout.strip()}); it holds one of the default worker's 2 slots."
     )
     say("It heals by itself: the task ends (dummy_task sleeps at most 60 s).")
+    alert = "CeleryTaskRunningTooLong"
+    limits = setting(rt.settings, "running_too_long_per_task", {})
+    limit = limits.get(SLOW_TASK, setting(rt.settings, "running_too_long_seconds"))
+    if limit is not None and alert in rt.alerts.alert_for:
+        fires_after = limit + rt.alerts.alert_for[alert]
+        if fires_after < sleep:
+            say(f"{alert} fires after about {_seconds(fires_after)} (its limit + for:).")
+        else:
+            say(
+                f"{alert} needs {_seconds(fires_after)} (its limit + for:), longer than the"
+                " task: start the stack with --fast to see it fire."
+            )
     say_watch(
         rt,
         Watch(
             status_page=f"worker {worker_hostname('default')}: 1 active task",
-            metric='celery_task_oldest_running_age_seconds{name="workload.tasks.dummy_task"}',
+            metric=f'celery_task_oldest_running_age_seconds{{name="{SLOW_TASK}"}}',
             alerts=("CeleryTaskRunningTooLong",),
             panels=("running",),
         ),

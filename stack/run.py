@@ -72,7 +72,7 @@ def run(
         lambda note: console.event(f"alert {note.alertname} {note.status}: {note.summary}")
     )
     supervisor = Supervisor(c.environment(opts), ROOT, opts.state / "logs", console.event)
-    rt = Runtime(opts, supervisor, alert_log, configs, timing, fast)
+    rt = Runtime(opts, supervisor, alert_log, configs, settings, timing, fast)
     try:
         webhook = stack_server(opts.ports.webhook, alert_log)
         images = image_server(opts.ports.images)
@@ -220,7 +220,7 @@ celery-observatory is running (state and logs in {rt.opts.state}; {mode})
   Prometheus     {rt.prometheus_alerts_url()}
   Alertmanager   {rt.alertmanager_url()}
   runbooks       {rt.url("webhook", "/runbooks/")}
-  sample images  {rt.url("images", "/images/cat.png")}   (allowed for /thumb)
+  sample images  {rt.url("images", "/images/640x480.png")}   (allowed for /thumb)
   Redis          redis://127.0.0.1:{p.redis}/0
 
 Cause a fault and watch it heal: scripts/stack fault --help  (kill-worker, stop-redis, flood,

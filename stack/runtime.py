@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from alerts.settings import AlertSettings
 from stack.alerting import AlertConfig, Timing
 from stack.components import Options
 from stack.ports import HOST
@@ -21,6 +22,7 @@ class Runtime:
     supervisor: Supervisor
     alert_log: AlertLog
     alerts: AlertConfig
+    settings: AlertSettings
     timing: Timing
     fast: bool
     # Where the web UIs are: Debian's prometheus has only the classic UI under /classic, and

@@ -547,6 +547,59 @@ def test_fault_tour_kill_worker_shows_it_down_alerts_and_heals(fast_stack: Runni
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_every_other_fault_says_what_to_watch_and_heals(fast_stack: RunningStack) -> None:
+    """stop-redis, flood, stop-beat and slow-task, briefly: each acts, and the stack heals."""
+    stack = fast_stack
+    metrics = lambda: parse(http_get(stack.url("exporter", "/metrics"))[1])  # noqa: E731
+
+    def run(*args: str) -> str:
+        result = stack.cli("fault", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Watch:" in result.stdout and stack.url("exporter", "/") in result.stdout
+        return result.stdout
+
+    try:
+        said = run("stop-redis", "--seconds", "4")
+        assert "stop-redis: stopped redis" in said and "CeleryBrokerUnreachable" in said
+        wait_until(lambda: metrics().value("celery_exporter_broker_up") == 0, timeout=30,
+                   message="the exporter to see the broker down")  # fmt: skip
+        wait_until(lambda: "redis restarted" in stack.output(), timeout=30, message="Redis back")
+        wait_until(lambda: metrics().value("celery_exporter_broker_up") == 1, timeout=60,
+                   message="the exporter to reconnect")  # fmt: skip
+        wait_until(lambda: http_get(stack.url("api", "/readyz"))[0] == 200, timeout=60,
+                   message="the API to reach Redis again")  # fmt: skip
+        wait_until(lambda: "workers 5/5 up" in stack.output().rsplit("redis restarted", 1)[1],
+                   timeout=60, message="every worker back")  # fmt: skip
+
+        said = run("flood", "--count", "30")
+        assert re.search(r"flood: sent 30 jobs to POST /email \(queue email\)", said)
+        accepted = int(re.search(r"(\d+) accepted \(202\)", said).group(1))  # type: ignore[union-attr]
+        assert accepted == 30  # under the admission limit
+        assert 'celery_queue_length{queue_name="email"}' in said
+
+        before = metrics().total("celery_task_succeeded_total", name="workload.tasks.dummy_task")
+        said = run("slow-task", "--sleep", "3")
+        assert "slow-task: sent workload.tasks.dummy_task(0, sleep=3)" in said
+        wait_until(
+            lambda: (
+                metrics().total("celery_task_succeeded_total", name="workload.tasks.dummy_task")
+                > before
+            ),
+            timeout=60,
+            message="the slow task to finish",
+        )
+
+        said = run("stop-beat", "--seconds", "2")
+        assert "stop-beat: stopped celery beat" in said
+        wait_until(lambda: "beat restarted" in stack.output(), timeout=30, message="beat back")
+        assert stack.component("beat")["state"] == "running"
+        assert stack.proc.poll() is None  # type: ignore[union-attr]
+    except AssertionError as exc:
+        raise stack.fail(exc) from None
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_crashed_component_is_restarted_and_the_status_line_says_so(
     fast_stack: RunningStack,
 ) -> None:
