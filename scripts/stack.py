@@ -28,6 +28,7 @@ from stack import control  # noqa: E402
 from stack.components import DEMO_FAILURE_RATIO, WORKERS, Options  # noqa: E402
 from stack.faults import FAULTS, FLOOD_COUNT, FLOOD_JOBS  # noqa: E402
 from stack.ports import Ports  # noqa: E402
+from stack.run import DEFAULT_STATE  # noqa: E402
 
 DEFAULT_PORTS = Ports()
 STATE_DIR = click.option(
@@ -42,7 +43,7 @@ STATE_DIR = click.option(
 def resolve_state_dir(ctx: click.Context, given: Path | None) -> Path:
     """The subcommand's --state-dir, else the one given before it, else var/stack."""
     chosen = given or (ctx.find_root().params.get("state_dir"))
-    return (chosen or ROOT / "var" / "stack").resolve()
+    return (chosen or DEFAULT_STATE).resolve()
 
 
 def port_option(name: str) -> Any:

@@ -53,9 +53,10 @@ def status_line(
 ) -> str:
     """Workers, queues, task rates, components down or restarted, and firing alerts."""
     parts = [_tasks(exporter_url, previous)]
-    held = [f"{c['name']} ({c['held_by']})" for c in supervisor.snapshot() if c["state"] == "held"]
-    restarting = [c["name"] for c in supervisor.snapshot() if c["state"] == "restarting"]
-    restarted = [f"{c['name']} x{c['restarts']}" for c in supervisor.snapshot() if c["restarts"]]
+    components = supervisor.snapshot()
+    held = [f"{c['name']} ({c['held_by']})" for c in components if c["state"] == "held"]
+    restarting = [c["name"] for c in components if c["state"] == "restarting"]
+    restarted = [f"{c['name']} x{c['restarts']}" for c in components if c["restarts"]]
     if held:
         parts.append("down on purpose: " + ", ".join(held))
     if restarting:

@@ -30,6 +30,7 @@ from stack.servers import AlertLog, image_server, stack_server
 from stack.supervisor import CrashLoop, Supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STATE = ROOT / "var" / "stack"
 STATUS_EVERY = 2.0
 TICK = 0.25
 
@@ -128,8 +129,10 @@ def start_components(rt: Runtime, stop: threading.Event) -> None:
     ):
         wait_http(rt, url, what, stop)
     enable_rules(rt, stop)
+    if stop.is_set():  # Ctrl-C while starting
+        return
     rt.detect_uis()
-    if opts.traffic and not stop.is_set():
+    if opts.traffic:
         sup.start("traffic", c.traffic(opts))
 
 
@@ -205,6 +208,7 @@ def supervise(rt: Runtime, console: Console, stop: threading.Event, duration: fl
 
 def print_urls(rt: Runtime) -> None:
     p = rt.opts.ports
+    state_flag = "" if rt.opts.state == DEFAULT_STATE else f"; add --state-dir {rt.opts.state}"
     mode = (
         "fast alerts: second-scale windows (alerts.settings.fast)"
         if rt.fast
@@ -224,7 +228,7 @@ celery-observatory is running (state and logs in {rt.opts.state}; {mode})
   Redis          redis://127.0.0.1:{p.redis}/0
 
 Cause a fault and watch it heal: scripts/stack fault --help  (kill-worker, stop-redis, flood,
-stop-beat, slow-task). Components that crash are restarted. Ctrl-C stops everything.
+stop-beat, slow-task{state_flag}). Components that crash are restarted. Ctrl-C stops everything.
 """,
         flush=True,
     )

@@ -15,6 +15,7 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,7 @@ from stack.ports import HOST
 RUNBOOKS = Path(__file__).resolve().parents[1] / "alerts" / "runbooks"
 RUNBOOK_NAME = re.compile(r"^[A-Za-z0-9_-]+\.md$")
 MAX_BODY = 1 << 20
+MAX_NOTIFICATIONS = 2000
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class AlertLog:
     def __init__(self, on_change: Callable[[Notification], None]) -> None:
         self.on_change = on_change
         self.lock = threading.Lock()
-        self.notifications: list[Notification] = []
+        # The most recent ones: Alertmanager repeats firing alerts, a stack may run for weeks.
+        self.notifications: deque[Notification] = deque(maxlen=MAX_NOTIFICATIONS)
         self.firing: dict[str, Notification] = {}  # by Alertmanager's fingerprint
 
     def record(self, payload: dict[str, Any]) -> None:
