@@ -88,7 +88,9 @@ def ports_options(command: Any) -> Any:
     help="Share of the traffic's reports and thumbnails made to fail or retry; the default "
     "stays far below the failure-ratio alert.",
 )
-@click.option("--no-traffic", is_flag=True, help="Start no traffic generator.")
+@click.option(
+    "--no-traffic", is_flag=True, envvar="STACK_NO_TRAFFIC", help="Start no traffic generator."
+)
 @click.option(
     "--fast",
     is_flag=True,
@@ -101,7 +103,9 @@ def ports_options(command: Any) -> Any:
     "alert_settings",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override one alert setting of alerts/settings.py (repeatable).",
+    envvar="STACK_ALERT_SETTINGS",
+    help="Override one alert setting of alerts/settings.py (repeatable; in the environment: "
+    "space-separated).",
 )
 @click.option(
     "--duration",
@@ -133,7 +137,8 @@ def main(ctx: click.Context, **params: Any) -> None:
         traffic=not params["no_traffic"],
     )
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # Ctrl-C, a kill, or the terminal closing: stop everything, leave nothing behind.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     try:
         overrides = parse_assignments(params["alert_settings"])

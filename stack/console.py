@@ -7,6 +7,7 @@ plain lines, so logs and tests can read them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -25,27 +26,31 @@ class Console:
         self.line = ""
 
     def event(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
         with self.lock:
-            stamp = time.strftime("%H:%M:%S")
             if self.tty:
-                self.stream.write(f"\r\x1b[K{stamp} {text}\n{self.line}")
+                self._write(f"\r\x1b[K{stamp} {text}\n{self.line}")
             else:
-                self.stream.write(f"{stamp} {text}\n")
-            self.stream.flush()
+                self._write(f"{stamp} {text}\n")
 
     def status(self, line: str) -> None:
         with self.lock:
             self.line = line
-            self.stream.write(f"\r\x1b[K{line}" if self.tty else f"{line}\n")
-            self.stream.flush()
+            self._write(f"\r\x1b[K{line}" if self.tty else f"{line}\n")
 
-    def end(self) -> None:
-        """Leave the status line behind before the shutdown messages."""
+    def say(self, text: str) -> None:
+        """A plain line, below the status line (which it ends)."""
         with self.lock:
             if self.tty and self.line:
-                self.stream.write("\n")
-                self.stream.flush()
+                self._write("\n")
             self.line = ""
+            self._write(f"{text}\n")
+
+    def _write(self, text: str) -> None:
+        # A closed terminal (SIGHUP) must not stop the shutdown that follows.
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(text)
+            self.stream.flush()
 
 
 def status_line(

@@ -84,18 +84,17 @@ def run(
     try:
         start_components(rt, stop)
         if not stop.is_set():
-            print_urls(rt)
+            console.say(urls(rt))
             supervise(rt, console, stop, duration)
     except CrashLoop as exc:
         raise StackError(f"the stack stopped: {exc}") from None
     finally:
-        console.end()
-        print("stopping...", flush=True)
+        console.say("stopping...")
         control.stop()
         supervisor.stop_all()
         webhook.shutdown()
         images.stop()
-        print("stopped; nothing left running.", flush=True)
+        console.say("stopped; nothing left running.")
 
 
 def handle(rt: Runtime, request: dict[str, Any], say: Callable[[str], None]) -> Any:
@@ -206,7 +205,7 @@ def supervise(rt: Runtime, console: Console, stop: threading.Event, duration: fl
             break
 
 
-def print_urls(rt: Runtime) -> None:
+def urls(rt: Runtime) -> str:
     p = rt.opts.ports
     state_flag = "" if rt.opts.state == DEFAULT_STATE else f"; add --state-dir {rt.opts.state}"
     mode = (
@@ -214,8 +213,7 @@ def print_urls(rt: Runtime) -> None:
         if rt.fast
         else "the project's alert thresholds (alerts/settings.py)"
     )
-    print(
-        f"""
+    return f"""
 celery-observatory is running (state and logs in {rt.opts.state}; {mode})
 
   API            {rt.url("api")}   (POST /report /email /thumb, GET /status/<id>)
@@ -229,6 +227,4 @@ celery-observatory is running (state and logs in {rt.opts.state}; {mode})
 
 Cause a fault and watch it heal: scripts/stack fault --help  (kill-worker, stop-redis, flood,
 stop-beat, slow-task{state_flag}). Components that crash are restarted. Ctrl-C stops everything.
-""",
-        flush=True,
-    )
+"""

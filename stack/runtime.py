@@ -41,7 +41,7 @@ class Runtime:
             self.prometheus_ui = "/classic"
         else:
             self.prometheus_ui = None
-        root = _body(self.url("alertmanager", "/"))
+        root = " ".join(_body(self.url("alertmanager", "/")).split())
         self.alertmanager_ui = "does not include a web application" not in root
 
     def graph_url(self, query: str) -> str:

@@ -136,12 +136,12 @@ class RunningStack:
             check=False,
         )
 
-    def stop(self, timeout: float = 90) -> int | None:
+    def stop(self, timeout: float = 90, sig: signal.Signals = signal.SIGINT) -> int | None:
         """SIGINT (Ctrl-C) and wait; returns the exit code. Never leaves a process behind."""
         code = None
         if self.proc is not None:
             if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
+                self.proc.send_signal(sig)
             try:
                 code = self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -416,10 +416,11 @@ def test_stack_runs_end_to_end_then_starts_again_at_once_on_the_same_ports(
     except AssertionError as exc:
         raise again.fail(exc) from None
     finally:
-        code = again.stop()
+        code = again.stop(sig=signal.SIGHUP)  # its terminal closed: it stops all the same
         leftovers = again.leftovers()
     assert code == 0, again.output()[-3000:]
     assert leftovers == []
+    assert "stopped; nothing left running." in again.output()
 
 
 # --- the fast stack: a quiet demo, the fault tour, crashes ------------------------------------
