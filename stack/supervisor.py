@@ -211,7 +211,9 @@ class Supervisor:
         """Send ``sig`` to the component's whole process group and keep it down until
         ``hold`` is over. Returns the pid signalled; ValueError if it is not running."""
         with self.lock:
-            child = self.children[name]
+            child = self.children.get(name)
+            if child is None:
+                raise ValueError(f"{name} has not been started (is the stack still starting?)")
             if child.hold is not None:
                 raise ValueError(f"{name} is already down for the {child.hold.fault} fault")
             if not child.running or child.proc is None:
