@@ -29,6 +29,7 @@ from tests.support.catalog import (
     PENDING_EXPORTER_METRICS,
     RULES_FILE,
     committed_alerts,
+    dashboard_panels,
     known_series,
     rule_groups,
     selectors,
@@ -232,6 +233,20 @@ def test_docs_list_every_setting_and_every_alert() -> None:
         assert f"| `{setting.name}` |" in docs, f"setting {setting.name} not documented"
     for rule in committed_alerts():
         assert f"| `{rule['alert']}` |" in docs, f"alert {rule['alert']} not documented"
+    for group in rule_groups():
+        for rule in group["rules"]:
+            if "record" in rule:
+                operation = rule["record"].rsplit(":", 1)[1]
+                # ratio_rate30m is listed as `..._rate30m` after its 5m sibling
+                short = f"`..._{operation.removeprefix('ratio_')}`"
+                assert f"`{rule['record']}`" in docs or short in docs, rule["record"]
+
+
+def test_docs_describe_every_dashboard_panel() -> None:
+    docs = (ROOT / "docs" / "dashboards-alerts.md").read_text()
+    for name in ("celery-overview.json", "celery-task-detail.json", "celery-exporter-health.json"):
+        for panel in dashboard_panels(name):
+            assert panel["title"] in docs, f"{name}: panel {panel['title']!r} not documented"
 
 
 # --- scoping (selector), replica safety, settings of the new alerts ----------------------
