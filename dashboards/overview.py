@@ -26,7 +26,7 @@ STATES = ("sent", "received", "started", "succeeded", "failed", "retried", "reje
 WORKER_STATES = (
     (1, "online", "green"),
     (2, "busy", "blue"),
-    (3, "offline", "text"),
+    (3, "offline", "#8e8e8e"),
     (4, "lost", "red"),
 )
 # Drain time is +Inf for a backlog nothing consumes; the chart draws it at this ceiling.
