@@ -320,6 +320,26 @@ def test_failing_task_fires_failure_ratio_but_a_retrying_task_does_not(
     assert REPORT not in {a["labels"]["name"] for a in firing}
 
 
+def test_failing_runs_burn_the_success_error_budget_of_their_queue(
+    observatory: Observatory,
+) -> None:
+    """About 20% of the runs on `default` fail against a 99% success objective: a 20x burn,
+    over both windows of the fast pair, pages; the queue-wait SLO of the same queue does not."""
+    _, alert = observatory.webhook.wait_for(
+        "CeleryErrorBudgetBurnFast", timeout=30, queue_name="default", slo="success"
+    )
+    assert alert["labels"]["severity"] == "critical"
+    assert "99% of finished runs succeed over 30d" in alert["annotations"]["description"]
+    budget = observatory.prometheus.query(
+        'queue_name_slo:celery_slo_error_budget:remaining{queue_name="default", slo="success"}'
+    )
+    assert budget and float(budget[0]["value"][1]) < 0  # overspent at this rate
+    burning = observatory.prometheus.alert_states("CeleryErrorBudgetBurnFast")
+    assert ("default", "queue_wait") not in {
+        (a["labels"]["queue_name"], a["labels"]["slo"]) for a in burning
+    }
+
+
 def test_killed_worker_leaves_a_stale_unacked_delivery(observatory: Observatory) -> None:
     worker = observatory.workers["io"]
     wait_until(
@@ -431,6 +451,22 @@ def test_cancelled_consumer_with_arriving_tasks_fires_no_consumers_and_backlog(
     )
     print(f"CeleryQueueOldestMessageTooOld after {arrived_at - stopped_at:.1f}s")
     assert arrived_at - stopped_at <= too_old, f"took {arrived_at - stopped_at:.1f}s"
+
+    # A backlog that nothing consumes never drains: an infinite drain time alerts too, as
+    # soon as the first message waits (nothing was ever started from this queue).
+    first_message = 1.0 / observatory.traffic.email_rate + POLL_INTERVAL
+    drain = promise(SETTINGS.drain_time_for, detection=first_message)
+    arrived_at, alert = observatory.webhook.wait_for(
+        "CeleryQueueDrainTimeTooLong", timeout=drain + 10, queue_name="email"
+    )
+    print(
+        f"CeleryQueueDrainTimeTooLong after {arrived_at - stopped_at:.1f}s (promise {drain:.1f}s)"
+    )
+    assert arrived_at - stopped_at <= drain, f"took {arrived_at - stopped_at:.1f}s"
+    assert "never drains" in alert["annotations"]["description"]
+    assert observatory.prometheus.query(
+        'queue_name:celery_queue_drain_time_seconds:rate5m{queue_name="email"} == +Inf'
+    )
 
 
 def test_killed_broker_fires_broker_unreachable(observatory: Observatory) -> None:
