@@ -126,7 +126,8 @@ def test_alert_travels_from_rule_to_webhook_in_time_and_resolves(
         metrics_page.body = worker_page("lost")
         fault_at = time.monotonic()
         arrived_at, alert = webhook.wait_for("CeleryWorkerDown", timeout=30, hostname="cpu@static")
-        assert arrived_at - fault_at <= promised_seconds(SETTINGS.worker_down_for)
+        took, limit = arrived_at - fault_at, promised_seconds(SETTINGS.worker_down_for)
+        assert took <= limit, f"CeleryWorkerDown took {took:.1f}s > {limit:.1f}s"
         assert alert["labels"]["severity"] == "warning"
         assert alert["labels"]["job"] == "celery-exporter"
         assert alert["annotations"]["runbook_url"].endswith("/CeleryWorkerDown.md")
@@ -139,7 +140,8 @@ def test_alert_travels_from_rule_to_webhook_in_time_and_resolves(
         metrics_page.close()
         stopped_at = time.monotonic()
         arrived_at, alert = webhook.wait_for("CeleryExporterDown", timeout=30)
-        assert arrived_at - stopped_at <= promised_seconds(SETTINGS.exporter_down_for)
+        took, limit = arrived_at - stopped_at, promised_seconds(SETTINGS.exporter_down_for)
+        assert took <= limit, f"CeleryExporterDown took {took:.1f}s > {limit:.1f}s"
         # One alert for the job (no replica answers), naming the target that fails.
         assert alert["labels"]["job"] == "celery-exporter"
         assert metrics_page.target in alert["annotations"]["description"]
