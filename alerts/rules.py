@@ -341,16 +341,22 @@ def _worker_alerts(s: AlertSettings, q: PromQL) -> list[Alert]:
             # Only `lost`: a worker that said goodbye (offline: scale-down, deploy) never
             # alerts, and a `busy` one is working (CeleryTaskRunningTooLong watches that).
             name="CeleryWorkerDown",
-            expr=q.worker_state("lost"),
+            # busy alerts too: a worker that went silent mid-task may be dead with it (an
+            # OOM kill of a threads pool); the state label says what the exporter saw.
+            expr=q.worker_state("lost", "busy"),
             for_=s.worker_down_for,
             severity="warning",
-            summary="Celery worker {{ $labels.hostname }} is lost.",
+            summary="Celery worker {{ $labels.hostname }} stopped heartbeating.",
             description=(
                 "Worker {{ $labels.hostname }} stopped heartbeating without a worker-offline "
                 "goodbye (killed, OOM, node lost)"
                 "{{ with printf `time() - max(celery_worker_last_heartbeat_timestamp_seconds"
                 "{hostname='%s'})` $labels.hostname | query }}; last heard "
                 "{{ . | first | value | humanizeDuration }} ago{{ end }}."
+                "{{ with printf `max(celery_worker_state{hostname='%s',state='busy'}) == 1` "
+                "$labels.hostname | query }} It went silent while running a task it was seen "
+                "to start (state busy): a threads or gevent pool whose task holds the loop "
+                "stops heartbeating while it works.{{ end }}"
             ),
         ),
         Alert(

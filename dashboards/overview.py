@@ -44,6 +44,11 @@ def _state(name: str) -> str:
     return f"{workers} == 1"
 
 
+def _in_state(name: str) -> str:
+    """1 per worker in state ``name``, 0 per other worker: its sum counts them, 0 included."""
+    return one(sel("celery_worker_state", f'state="{name}"'))
+
+
 def _tasks() -> list:
     return [
         timeseries(
@@ -324,7 +329,7 @@ def _workers() -> list:
         stat(
             "Workers online",
             "Workers heartbeating now. Bad: fewer than you run.",
-            [target(f"count({_state('online')})")],
+            [target(f"sum({_in_state('online')})")],
             unit="short",
         ),
         stat(
@@ -332,7 +337,7 @@ def _workers() -> list:
             "Workers whose heartbeats stopped without a goodbye (killed, OOM, node lost), "
             "kept for --worker-forget-after. Workers that left gracefully (offline) are not "
             "counted. Bad: anything above 0 (CeleryWorkerDown).",
-            [target(f"count({_state('lost')})")],
+            [target(f"sum({_in_state('lost')})")],
             unit="short",
             red_above=1,
         ),

@@ -118,7 +118,8 @@ WORKER_STATE = Metric(
     "gauge",
     "1 for the worker's current state: online; offline (said goodbye: autoscale-down, "
     "deploy; never alerts); lost (heartbeats stopped without a goodbye); busy (heartbeats "
-    "stopped while it runs a task it was seen to start, on a solo/threads/gevent pool).",
+    "stopped while it runs a task it was seen to start, on a threads/gevent/eventlet pool: "
+    "working, or killed mid-task).",
     ("hostname", "state"),
 )
 WORKER_POOL_SIZE = Metric(
