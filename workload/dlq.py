@@ -68,10 +68,19 @@ def build_letter(task: Task, exc: BaseException, task_id: str, args: Any, kwargs
 
 
 class DeadLetterTask(Task):
-    """Base class of the workload's tasks: a final failure is published as a dead letter."""
+    """Base class of the workload's tasks: a final failure is published as a dead letter,
+    and every attempt logs one ``task finished`` line (workload/logs.py)."""
 
     # Expected failures are logged without a traceback by Celery (ours keep it in the letter).
     throws = (WorkloadError,)
+
+    # Celery's tracer calls these two directly (no signal dispatch) around the task body.
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        logs.task_started(task_id, self.name)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any,
+                     einfo: Any) -> None:  # fmt: skip
+        logs.task_returned(task_id, status, self.request.delivery_info)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:  # fmt: skip
@@ -102,6 +111,7 @@ class DeadLetterTask(Task):
 
 @app.task(
     name=PARK_TASK,
+    base=DeadLetterTask,  # its log line; on_failure never dead-letters a dead letter
     autoretry_for=(redis.RedisError,),
     retry_backoff=True,
     retry_backoff_max=60,
