@@ -148,6 +148,7 @@ SETTINGS = {
         replace(FAST, label="fast-prefork-c2", workers=("-P prefork -c 2",)),
         replace(FAST, label="fast+results", results=True),
         replace(FAST, label="fast+events", events=True),
+        replace(FAST, label="fast+events-loop", events=True, publish="loop"),
         replace(FAST, label="fast+ack-emulation", ack_emulation=True),
         replace(FAST, label="fast-loop", publish="loop"),
         replace(FAST, label="fast-loop-solo-x1", publish="loop", workers=("-P solo",)),
@@ -659,3 +660,69 @@ def trial_command(setting_json: str, n: int, timeout: float, out: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("admission")
+@click.option("-n", "n", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.option("--blocks", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--out-name", default="admission.json", show_default=True, help="In bench/out/.")
+def admission_command(n: int, blocks: int, out_name: str) -> None:
+    """The API's admission check: its own cost, next to what a submission costs anyway.
+
+    In one process with a private redis-server: the check alone (one pipelined LLEN over a
+    queue's four priority lists), the job-id SET every submission makes, and whole POST /email
+    requests through the Flask app with the check on and off, in alternating blocks.
+    """
+    with private_redis() as port:
+        os.environ.update(
+            CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+            CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{port}/1",
+            WORKLOAD_API_MAX_BACKLOG=str(10 * n * blocks),
+            WORKLOAD_LOG_LEVEL="WARNING",
+        )
+        from workload import admission, datastore
+        from workload.api import JOB_KEY, create_app, settings
+
+        broker, data = datastore.broker(settings), datastore.client(settings)
+        per_call = lambda f: 1e6 * timed(f, n) / n  # noqa: E731
+        check_us = per_call(lambda: admission.backlog(broker, "email"))
+        set_us = per_call(lambda: data.set(JOB_KEY + "bench", "x", ex=60))
+        client = create_app().test_client()
+        limits = settings.api_backlog_limits
+        saved = dict(limits)
+
+        def post() -> None:
+            response = client.post("/email", json={"address": "bench@example.com"})
+            assert response.status_code == 202, response.get_data()
+
+        on, off = [], []
+        for i in range(2 * blocks):  # alternate on/off blocks so drift cancels out
+            checking = i % 2 == 0
+            limits.update(saved if checking else dict.fromkeys(saved, 0))
+            (on if checking else off).append(1e6 * timed(post, n) / n)
+        limits.update(saved)
+    record = {
+        "check_us": round(check_us, 1),
+        "job_id_set_us": round(set_us, 1),
+        "request_us_check_on": [round(x, 1) for x in on],
+        "request_us_check_off": [round(x, 1) for x in off],
+        "median_on_us": round(statistics.median(on), 1),
+        "median_off_us": round(statistics.median(off), 1),
+        "requests_per_block": n,
+        "load": load_average(),
+    }
+    record["cost_percent"] = round(100 * (record["median_on_us"] / record["median_off_us"] - 1), 1)
+    print(table(
+        ["check alone (µs)", "job-id SET (µs)", "POST /email, check on (µs, median)",
+         "check off (µs, median)", "cost", "load"],
+        [[record["check_us"], record["job_id_set_us"], record["median_on_us"],
+          record["median_off_us"], f"{record['cost_percent']}%", record["load"]]],
+    ))  # fmt: skip
+    print(f"\nwrote {write_json(out_name, record)}")
+
+
+def timed(action: Any, n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        action()
+    return time.perf_counter() - started

@@ -248,3 +248,17 @@ def test_backoff_is_capped_exponential_with_full_jitter() -> None:
     assert all(0 <= backoff(4) <= 16 for _ in range(100))
     assert max(backoff(30) for _ in range(200)) <= 300
     assert len({backoff(6) for _ in range(20)}) > 1  # jittered, not fixed
+
+
+def test_docs_list_every_environment_variable_the_workload_reads() -> None:
+    import re
+
+    from tests.support.procs import ROOT
+
+    source = "".join(p.read_text() for p in (ROOT / "workload").glob("*.py"))
+    variables = set(re.findall(r'"(WORKLOAD_[A-Z_]+)"', source))
+    docs = (ROOT / "docs" / "workload.md").read_text()
+    assert "WORKLOAD_API_MAX_BACKLOG" in variables
+    # The table writes families compactly: `WORKLOAD_SMTP_HOST` / `_PORT`.
+    shown = lambda v: f"`{v}`" in docs or f"`_{v.rsplit('_', 1)[1]}`" in docs  # noqa: E731
+    assert sorted(v for v in variables if not shown(v)) == []
