@@ -452,7 +452,11 @@ def test_a_full_queue_gets_429_with_retry_after_until_it_drains(
     procs: ProcessTracker, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = base_env(
-        redis_server, tmp_path, WORKLOAD_API_BACKLOG_LIMITS="cpu=3", WORKLOAD_API_RETRY_AFTER="7"
+        redis_server,
+        tmp_path,
+        WORKLOAD_API_BACKLOG_LIMITS="cpu=3",
+        WORKLOAD_API_RETRY_AFTER="7",
+        WORKLOAD_API_BACKLOG_CACHE_MS="0",  # exact: every request reads the length
     )
     base = start_api(procs, env)
     stats = requests.get(f"{base}/stats", timeout=10).json()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.support.procs import free_port
+from tests.support.procs import RedisServer, free_port, wait_until
 from tests.support.workload_stack import BIN, settings_for
 from workload import queues, reports
 from workload.app import celery_config
@@ -262,3 +262,22 @@ def test_docs_list_every_environment_variable_the_workload_reads() -> None:
     # The table writes families compactly: `WORKLOAD_SMTP_HOST` / `_PORT`.
     shown = lambda v: f"`{v}`" in docs or f"`_{v.rsplit('_', 1)[1]}`" in docs  # noqa: E731
     assert sorted(v for v in variables if not shown(v)) == []
+
+
+def test_the_backlog_cache_reads_a_queue_at_most_once_per_interval(
+    redis_server: RedisServer,
+) -> None:
+    from workload.admission import BacklogCache, Backlogged, admit
+
+    broker = redis_server.client()
+    cache = BacklogCache(max_age=0.5)
+    broker.rpush("email", "m1")
+    broker.rpush("email\x06\x163", "m2")  # priority 3 counts too
+    assert cache.length(broker, "email") == 2
+    broker.rpush("email", "m3")
+    assert cache.length(broker, "email") == 2  # reused within the interval
+    admit(broker, "email", 3, cache)  # so still admitted
+    wait_until(lambda: cache.length(broker, "email") == 3, timeout=5, message="refresh")
+    with pytest.raises(Backlogged, match="3 waiting, limit 3"):
+        admit(broker, "email", 3, cache)
+    admit(broker, "email", 0, cache)  # 0: no limit

@@ -117,12 +117,15 @@ def validated(check: Any, *args: Any) -> Any:
         raise ApiError(422, str(exc)) from None
 
 
+backlogs = admission.BacklogCache(settings.api_backlog_cache_ms / 1000)
+
+
 def admit(task_name: str) -> None:
     """429 with Retry-After when the task's queue is over its backlog limit."""
     queue = queues.queue_of(task_name)
     try:
         admission.admit(
-            datastore.broker(settings), queue, settings.api_backlog_limits.get(queue, 0)
+            datastore.broker(settings), queue, settings.api_backlog_limits.get(queue, 0), backlogs
         )
     except admission.Backlogged as full:
         log.warning("queue full", queue=queue, length=full.length, limit=full.limit)

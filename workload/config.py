@@ -153,6 +153,7 @@ class Settings:
     api_max_body_bytes: int
     # Admission control: queue -> most waiting messages before the API answers 429 (0: off).
     api_backlog_limits: dict[str, int]
+    api_backlog_cache_ms: int
     api_retry_after: int
     state_dir: Path
     beat_refresh_stats_seconds: float
@@ -240,6 +241,7 @@ def load() -> Settings:
         image_max_pixels=env_int("WORKLOAD_IMAGE_MAX_PIXELS", 40_000_000, minimum=1),
         api_max_body_bytes=env_int("WORKLOAD_API_MAX_BODY_BYTES", 64 * 1024, minimum=256),
         api_backlog_limits=backlog_limits(),
+        api_backlog_cache_ms=env_int("WORKLOAD_API_BACKLOG_CACHE_MS", 100),
         api_retry_after=env_int("WORKLOAD_API_RETRY_AFTER", 10, minimum=1),
         state_dir=Path(env_str("WORKLOAD_STATE_DIR", str(scratch / "state"))),
         beat_refresh_stats_seconds=env_float(
