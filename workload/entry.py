@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 INSTALL_HINT = "pip install 'celery-observatory[workload]'"
 # Top-level modules the workload extra brings (pyproject.toml, [project.optional-dependencies]).
-EXTRA_MODULES = frozenset({"flask", "werkzeug", "gunicorn", "requests", "PIL", "email_validator"})
+EXTRA_MODULES = frozenset(
+    {"flask", "werkzeug", "gunicorn", "requests", "PIL", "email_validator", "idna"}
+)
 
 
 def _command(module: str, script: str) -> Callable[[], None]:
