@@ -2,6 +2,7 @@
 
     python bench/workload.py                          # every setting, N=10,000, 3 overhead pairs
     python bench/workload.py -n 2000 --settings default,events-off --pairs 0
+    python bench/workload.py -n 5000 --settings none --pairs 0 --stock-pairs 4   # vs stock
 
 Each trial runs in its own process with its own private redis-server and fresh workers
 (bench/article.py's functions), so settings never leak from one trial into the next:
@@ -22,8 +23,10 @@ the machine is CPU-bound, so cores / (ms per task) is the ceiling for that setti
 busy cores not spent by the trial ("others") say how disturbed it was; a trial disturbed by
 more than --max-others cores is repeated (3 runs at most; the least disturbed is kept).
 The exporter's cost is measured as alternating pairs (the same setting without and with the
-exporter subscribed): median tasks/s of each, and the extra CPU per task. Before every
-trial the script waits until less than --max-busy of the CPUs is in use.
+exporter subscribed): median tasks/s of each, and the extra CPU per task. The workload's own
+cost is measured the same way against stock Celery (bench/stockapp.py: a plain app and task
+with the same guarantees): ``--stock-pairs`` alternating pairs of the default setting and
+``stock``. Before every trial the script waits until less than --max-busy of the CPUs is in use.
 
 Prints the tables and writes bench/out/workload.json (--out-name).
 """
@@ -31,6 +34,7 @@ Prints the tables and writes bench/out/workload.json (--out-name).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -45,7 +49,7 @@ from typing import Any
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.article import TASK, command_lines, figures, join_results, publish_group, workers
+from bench.article import TASK, command_lines, figures, join_results, workers
 from bench.common import (
     PYTHON,
     ROOT,
@@ -82,11 +86,14 @@ class Setting:
     ack_emulation: bool = True
     exporter: bool = False
     publish: str = "group"  # "loop": the N tasks sent one by one (results off only)
+    app: str = "workload"  # "stock": bench/stockapp.py, plain Celery with the same guarantees
     note: str = ""
 
     @property
     def app_module(self) -> str:
         """The workload's own app when only its env vars change, else bench/benchapp.py."""
+        if self.app == "stock":
+            return "bench.stockapp"
         production = self.acks_late and self.results and self.track_started
         return "workload.app" if production and self.ack_emulation else "bench.benchapp"
 
@@ -104,6 +111,7 @@ class Setting:
 
 
 DEFAULT = Setting("default", note="the workload's production settings")
+STOCK = replace(DEFAULT, label="stock", app="stock", note="stock Celery, same guarantees")
 SOLO_X2 = ("-P solo", "-P solo")
 # Every delivery guarantee and every extra round trip off: the upper bound of the machine.
 FAST = replace(
@@ -123,6 +131,7 @@ SETTINGS = {
     for s in (
         # One change at a time from the production settings.
         DEFAULT,
+        STOCK,
         replace(DEFAULT, label="prefetch-4", prefetch=4),
         replace(DEFAULT, label="prefork-c1", workers=("-P prefork -c 1",)),
         replace(DEFAULT, label="prefork-c4", workers=("-P prefork -c 4",)),
@@ -139,6 +148,7 @@ SETTINGS = {
         replace(FAST, label="fast-prefork-c2", workers=("-P prefork -c 2",)),
         replace(FAST, label="fast+results", results=True),
         replace(FAST, label="fast+events", events=True),
+        replace(FAST, label="fast+events-loop", events=True, publish="loop"),
         replace(FAST, label="fast+ack-emulation", ack_emulation=True),
         replace(FAST, label="fast-loop", publish="loop"),
         replace(FAST, label="fast-loop-solo-x1", publish="loop", workers=("-P solo",)),
@@ -184,10 +194,28 @@ def tasks_run(app: Any, workers_count: int) -> int:
     return sum(s.get("total", {}).get(TASK, 0) for s in stats.values())
 
 
-def publish_loop(n: int) -> float:
-    """The same N tasks sent one by one on one producer, no group: nothing to join."""
-    from workload.tasks import dummy_task
+def dummy_task_of(setting: Setting) -> Any:
+    """The benchmark task of the setting's app (the stock app publishes its own)."""
+    if setting.app == "stock":
+        from bench.stockapp import dummy_task
+    else:
+        from workload.tasks import dummy_task
+    return dummy_task
 
+
+def publish_group(setting: Setting, n: int) -> tuple[Any, float]:
+    """bench/article.py's group of N dummy_task, sent by the setting's own app."""
+    from celery import group
+
+    dummy_task = dummy_task_of(setting)
+    started = time.perf_counter()
+    result = group(dummy_task.s(i) for i in range(n)).apply_async()
+    return result, time.perf_counter() - started
+
+
+def publish_loop(setting: Setting, n: int) -> float:
+    """The same N tasks sent one by one on one producer, no group: nothing to join."""
+    dummy_task = dummy_task_of(setting)
     started = time.perf_counter()
     with dummy_task.app.producer_or_acquire() as producer:
         for i in range(n):
@@ -198,13 +226,13 @@ def publish_loop(n: int) -> float:
 def measure(setting: Setting, n: int, timeout: float, app: Any) -> dict[str, Any]:
     started = time.perf_counter()
     if setting.results:
-        result, publish_seconds = publish_group(n)
+        result, publish_seconds = publish_group(setting, n)
         join_results(result, n, timeout)
         return figures(n, started, publish_seconds, time.perf_counter())
     if setting.publish == "loop":
-        publish_seconds = publish_loop(n)
+        publish_seconds = publish_loop(setting, n)
     else:
-        _, publish_seconds = publish_group(n)
+        _, publish_seconds = publish_group(setting, n)
     wait_done_without_results(app, n, len(setting.workers), timeout)
     finished = time.perf_counter()
     counted = tasks_run(app, len(setting.workers))
@@ -255,7 +283,10 @@ def run_trial(setting: Setting, n: int, timeout: float) -> dict[str, Any]:
             PYTHONPATH=str(ROOT),
             **setting.env(),
         )
-        from bench.benchapp import app
+        # The stock trial imports nothing of the workload: its own app pings and publishes.
+        app = importlib.import_module(
+            "bench.stockapp" if setting.app == "stock" else "bench.benchapp"
+        ).app
 
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="workload-bench-")))
         exporter = stack.enter_context(run_exporter(port, logs)) if setting.exporter else None
@@ -432,6 +463,63 @@ def overhead(pairs: list[tuple[Trial, Trial]]) -> dict[str, Any]:
     }
 
 
+def alternate(first: Setting, second: Setting, pairs: int, run: Any) -> list[tuple[Trial, Trial]]:
+    """``pairs`` pairs of trials, each in the opposite order to the last, so that a drifting
+    machine load cancels out; every pair is returned as (first, second)."""
+    done = []
+    for i in range(pairs):
+        order = (first, second) if i % 2 == 0 else (second, first)
+        a, b = run(order[0]), run(order[1])
+        done.append((a, b) if i % 2 == 0 else (b, a))
+    return done
+
+
+def against_stock(pairs: list[tuple[Trial, Trial]]) -> dict[str, Any]:
+    """The workload against stock Celery: median tasks/s, per-pair ratios (their spread is the
+    noise of this run), CPU ms per task of each and the others' cores during the trials."""
+    complete = [(a.figures, b.figures) for a, b in pairs if a.figures and b.figures]
+    if not complete:
+        return {}
+    total = lambda f: sum(f["cpu_ms_per_task"].values())  # noqa: E731
+    ratios = [a["tasks_per_second"] / b["tasks_per_second"] for a, b in complete]
+    workload = statistics.median(a["tasks_per_second"] for a, _ in complete)
+    stock = statistics.median(b["tasks_per_second"] for _, b in complete)
+    return {
+        "workload": [a["tasks_per_second"] for a, _ in complete],
+        "stock": [b["tasks_per_second"] for _, b in complete],
+        "median_workload": round(workload, 1),
+        "median_stock": round(stock, 1),
+        "ratio_of_medians_percent": round(100 * workload / stock, 1),
+        "pair_ratios_percent": [round(100 * r, 1) for r in ratios],
+        "median_pair_ratio_percent": round(100 * statistics.median(ratios), 1),
+        "cpu_ms_workload": round(statistics.median(total(a) for a, _ in complete), 3),
+        "cpu_ms_stock": round(statistics.median(total(b) for _, b in complete), 3),
+        "worker_cpu_ms_workload": round(
+            statistics.median(a["cpu_ms_per_task"]["workers"] for a, _ in complete), 3
+        ),
+        "worker_cpu_ms_stock": round(
+            statistics.median(b["cpu_ms_per_task"]["workers"] for _, b in complete), 3
+        ),
+        "max_others_cores": max(
+            max(a.get("others_cores", 0.0), b.get("others_cores", 0.0)) for a, b in complete
+        ),
+    }
+
+
+STOCK_HEADERS = ["pairs", "workload tasks/s (median)", "stock tasks/s (median)",
+                 "workload / stock", "pair ratios", "CPU ms/task workload vs stock",
+                 "worker ms/task workload vs stock", "others (max cores)"]  # fmt: skip
+
+
+def stock_rows(v: dict[str, Any], pairs: int) -> list[list[Any]]:
+    return [[
+        pairs, v["median_workload"], v["median_stock"], f"{v['ratio_of_medians_percent']}%",
+        ", ".join(f"{r}%" for r in v["pair_ratios_percent"]),
+        f"{v['cpu_ms_workload']} vs {v['cpu_ms_stock']}",
+        f"{v['worker_cpu_ms_workload']} vs {v['worker_cpu_ms_stock']}", v["max_others_cores"],
+    ]]  # fmt: skip
+
+
 @click.group(invoke_without_command=True, context_settings={"max_content_width": 100})
 @click.option("-n", "--tasks", "n", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option(
@@ -449,6 +537,13 @@ def overhead(pairs: list[tuple[Trial, Trial]]) -> dict[str, Any]:
     help="Alternating without/with-exporter pairs of the default setting (0: skip).",
 )
 @click.option("--overhead-setting", default="default", show_default=True)
+@click.option(
+    "--stock-pairs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Alternating pairs of the default setting and stock Celery (bench/stockapp.py).",
+)
 @click.option("--timeout", type=float, default=600.0, show_default=True)
 @click.option(
     "--max-busy",
@@ -464,6 +559,13 @@ def overhead(pairs: list[tuple[Trial, Trial]]) -> dict[str, Any]:
     show_default=True,
     help="Repeat a trial (up to 3 runs) when other processes took more cores than this.",
 )
+@click.option(
+    "--max-load",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Wait (10 min at most) for the 1-minute load average to drop below this first.",
+)
 @click.option("--out-name", default="workload.json", show_default=True, help="In bench/out/.")
 @click.pass_context
 def main(
@@ -472,9 +574,11 @@ def main(
     labels: str,
     pairs: int,
     overhead_setting: str,
+    stock_pairs: int,
     timeout: float,
     max_busy: float,
     max_others: float,
+    max_load: float,
     out_name: str,
 ) -> None:
     """The article's 10k group over a table of worker settings, and the exporter's cost."""
@@ -484,18 +588,19 @@ def main(
     unknown = [label for label in [*chosen, overhead_setting] if label not in SETTINGS]
     if unknown:
         raise click.BadParameter(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
-    load = wait_until_quiet()
+    load = wait_until_quiet(max_load)
     trials = [
         trial_in_subprocess(SETTINGS[label], n, timeout, max_busy, max_others) for label in chosen
     ]
+    run = lambda s: trial_in_subprocess(s, n, timeout, max_busy, max_others)  # noqa: E731
     base = SETTINGS[overhead_setting]
-    pair_trials = []
     without = replace(base, label=f"{base.label} (pair)")
     beside = replace(base, label=f"{base.label} + exporter", exporter=True)
-    for i in range(pairs):  # alternate the order so a drifting machine load cancels out
-        first, second = (without, beside) if i % 2 == 0 else (beside, without)
-        a, b = (trial_in_subprocess(s, n, timeout, max_busy, max_others) for s in (first, second))
-        pair_trials.append((a, b) if i % 2 == 0 else (b, a))
+    pair_trials = alternate(without, beside, pairs, run)
+    stock_trials = alternate(
+        replace(DEFAULT, label="workload (pair)"), replace(STOCK, label="stock (pair)"),
+        stock_pairs, run,
+    )  # fmt: skip
     cores = os.cpu_count() or 1
     print(table(HEADERS, [row(t) for t in trials]))
     print()
@@ -513,13 +618,22 @@ def main(
                   f"{cost['exporter_cpu_share_percent']}%", cost["exporter_cores"]]],
             )
         )  # fmt: skip
+    versus = against_stock(stock_trials)
+    if versus:
+        print()
+        print(table(STOCK_HEADERS, stock_rows(versus, stock_pairs)))
     path = write_json(
         out_name,
         {
             "tasks": n,
             "load_before": load,
+            "load_after": load_average(),
             "trials": [_record(t) for t in trials],
             "overhead": {**cost, "pairs": [[_record(a), _record(b)] for a, b in pair_trials]},
+            "versus_stock": {
+                **versus,
+                "pairs": [[_record(a), _record(b)] for a, b in stock_trials],
+            },
         },
     )
     print(f"\nwrote {path}")
@@ -550,6 +664,81 @@ def trial_command(setting_json: str, n: int, timeout: float, out: Path) -> None:
     except Exception as exc:  # recorded in the table rather than ending the whole sweep
         record = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     out.write_text(json.dumps(record))
+
+
+@main.command("admission")
+@click.option("-n", "n", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.option("--blocks", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--out-name", default="admission.json", show_default=True, help="In bench/out/.")
+def admission_command(n: int, blocks: int, out_name: str) -> None:
+    """The API's admission check: its own cost, next to what a submission costs anyway.
+
+    In one process with a private redis-server: the check alone (one pipelined LLEN over a
+    queue's four priority lists), the job-id SET every submission makes, and whole POST /email
+    requests through the Flask app with the check on and off, in alternating blocks.
+    """
+    with private_redis() as port:
+        os.environ.update(
+            CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+            CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{port}/1",
+            WORKLOAD_API_MAX_BACKLOG=str(10 * n * blocks),
+            WORKLOAD_LOG_LEVEL="WARNING",
+        )
+        from workload import admission, datastore
+        from workload.api import JOB_KEY, create_app, settings
+
+        broker, data = datastore.broker(settings), datastore.client(settings)
+        per_call = lambda f: 1e6 * timed(f, n) / n  # noqa: E731
+        check_us = per_call(lambda: admission.backlog(broker, "email"))
+        set_us = per_call(lambda: data.set(JOB_KEY + "bench", "x", ex=60))
+        client = create_app().test_client()
+        from workload import api
+
+        limits, cache = settings.api_backlog_limits, api.backlogs
+        saved, saved_age = dict(limits), cache.max_age
+
+        def post() -> None:
+            response = client.post("/email", json={"address": "bench@example.com"})
+            assert response.status_code == 202, response.get_data()
+
+        modes = {"off": (0, 0.0), "every request": (1, 0.0), "cached": (1, saved_age)}
+        spent: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(blocks):  # rotate the modes so that drift cancels out
+            for mode, (on, age) in modes.items():
+                limits.update(saved if on else dict.fromkeys(saved, 0))
+                cache.max_age = age
+                spent[mode].append(1e6 * timed(post, n) / n)
+        limits.update(saved)
+        cache.max_age = saved_age
+    median = {mode: round(statistics.median(values), 1) for mode, values in spent.items()}
+    record = {
+        "check_us": round(check_us, 1),
+        "job_id_set_us": round(set_us, 1),
+        "cache_ms": round(saved_age * 1000),
+        "request_us": {mode: [round(x, 1) for x in values] for mode, values in spent.items()},
+        "median_us": median,
+        "requests_per_block": n,
+        "load": load_average(),
+    }
+    cost = {
+        m: f"{100 * (median[m] / median['off'] - 1):+.1f}%" for m in ("every request", "cached")
+    }
+    record["cost"] = cost
+    print(table(
+        ["check alone (µs)", "job-id SET (µs)", "POST /email, no check (µs, median)",
+         "check on every request", "check cached (ms)", "check cached", "load"],
+        [[record["check_us"], record["job_id_set_us"], median["off"],
+          f"{median['every request']} ({cost['every request']})", record["cache_ms"],
+          f"{median['cached']} ({cost['cached']})", record["load"]]],
+    ))  # fmt: skip
+    print(f"\nwrote {write_json(out_name, record)}")
+
+
+def timed(action: Any, n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        action()
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

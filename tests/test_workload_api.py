@@ -1,12 +1,15 @@
 """The workload API (the real ``workload-api`` under gunicorn) on real Redis and a real worker.
 
-Status mapping, every bad input (400/404/413/422 with a JSON error), the URL policy, a
+Status mapping, every bad input (400/404/413/422 with a JSON error), the HTTP edges gunicorn
+meets first (malformed chunked bodies, oversized lines and headers: JSON too), the URL policy
+with every spelling of a loopback address, admission control (429 + Retry-After), a
 hypothesis fuzz of request bodies that must never produce a 5xx, and 503 when Redis is lost.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from hypothesis import strategies as st
 
 from tests.support.procs import CeleryWorker, ProcessTracker, RedisServer, wait_until
 from tests.support.workload_servers import LocalHttpServer, Reply, png_bytes
-from tests.support.workload_stack import base_env, start_api
+from tests.support.workload_stack import base_env, client_app, start_api
 
 RESULT_EXPIRES = 600
 
@@ -194,12 +197,23 @@ def test_bad_input_gets_a_json_error(
         ("00000000-0000-0000-0000-00000000000g", 400),
         ("AAAAAAAA-0000-4000-8000-000000000000", 400),
         ("00000000-0000-4000-8000-000000000000", 404),
+        # "$" would match before a final newline; the id check must not.
+        ("00000000-0000-4000-8000-000000000000\n", 400),
+        ("\n00000000-0000-4000-8000-000000000000", 400),
     ],
 )
 def test_status_of_a_malformed_or_unknown_id(api: Api, job_id: str, status: int) -> None:
-    response = api.get(f"/status/{job_id}")
+    response = api.get(f"/status/{quote(job_id, safe='-')}")
     assert response.status_code == status
     assert "error" in response.json()
+
+
+def test_a_job_id_with_a_trailing_newline_is_not_the_job(api: Api) -> None:
+    job_id = api.submit("/email", {"address": "newline@example.com"})
+    assert api.get(f"/status/{job_id}").status_code == 200
+    response = api.get(f"/status/{job_id}%0A")
+    assert response.status_code == 400, response.text
+    assert "malformed job id" in response.json()["error"]
 
 
 def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
@@ -220,6 +234,64 @@ def test_the_api_logs_one_json_line_per_request(api: Api, tmp_path: Path) -> Non
     assert wanted and wanted[-1]["status"] == 404
     assert wanted[-1]["event"] == "request" and wanted[-1]["method"] == "GET"
     assert isinstance(wanted[-1]["duration"], float)
+
+
+# --- HTTP edges: what gunicorn parses before the app -------------------------------------------
+
+
+def raw_exchange(base: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read until the server closes; returns (status, headers, body)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    length = int(headers.get("Content-Length", len(body)))
+    return int(lines[0].split()[1]), headers, body[:length]
+
+
+def chunked(body: bytes, size: int = 8192) -> Iterator[bytes]:
+    """A generator body: requests sends it with Transfer-Encoding: chunked."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def test_a_malformed_chunked_body_is_a_400_json_without_a_traceback(api: Api) -> None:
+    request = (
+        b"POST /report HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    )
+    status, headers, body = raw_exchange(api.base, request)
+    assert status == 400, body
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["status"] == 400
+    assert "chunk" in json.loads(body)["error"].lower()
+    logs = "".join(p.read_text() for p in Path(api.redis.tracker.log_dir).glob("api-*.log"))
+    assert "Traceback" not in logs
+    assert api.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),  # not a request line
+        (b"GET /healthz HTTP/9.9\r\nHost: test\r\n\r\n", 400),  # unknown HTTP version
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: test\r\n\r\n", 414),  # line too long
+        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),  # header
+        (b"GET /healthz HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),  # invalid header name
+    ],
+)
+def test_gunicorns_own_error_pages_are_json(api: Api, request_bytes: bytes, status: int) -> None:
+    got, headers, body = raw_exchange(api.base, request_bytes)
+    assert got == status, body
+    assert headers["Content-Type"] == "application/json"
+    payload = json.loads(body)
+    assert payload["status"] == status and payload["error"]
 
 
 # --- fuzz -----------------------------------------------------------------------------------
@@ -291,19 +363,30 @@ def test_fuzzed_job_ids_never_get_a_server_error(api: Api, job_id: str) -> None:
     assert "error" in response.json()
 
 
-# --- the default URL policy, and Redis lost (own Redis and API) --------------------------------
+# --- the default URL policy and body cap, admission, Redis lost (own Redis and API) -----------
 
 
-@pytest.fixture
-def plain_api(procs: ProcessTracker, redis_server: RedisServer) -> tuple[str, RedisServer]:
-    """The API with the default URL policy (no allow-list, no private networks)."""
+def start_plain_api(tracker: ProcessTracker, redis_server: RedisServer) -> str:
+    """The API with the defaults: no host allow-list, no private networks, 64 KB bodies."""
     env = {
         "CELERY_BROKER_URL": redis_server.url(0),
         "CELERY_RESULT_BACKEND": redis_server.url(1),
         "WORKLOAD_REDIS_CONNECT_TIMEOUT": "1",
         "WORKLOAD_REDIS_SOCKET_TIMEOUT": "3",
     }
-    return start_api(procs, env), redis_server
+    return start_api(tracker, env)
+
+
+@pytest.fixture(scope="module")
+def plain_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RedisServer]]:
+    """One such API for the read-only checks of this module (started once: it takes seconds)."""
+    tmp = tmp_path_factory.mktemp("workload-plain-api")
+    tracker = ProcessTracker(tmp / "logs")
+    try:
+        server = RedisServer(tracker, tmp / "redis").start()
+        yield start_plain_api(tracker, server), server
+    finally:
+        tracker.stop_all()
 
 
 @pytest.mark.parametrize(
@@ -317,6 +400,19 @@ def plain_api(procs: ProcessTracker, redis_server: RedisServer) -> tuple[str, Re
         "http://[::1]/a.png",
         "http://[::ffff:127.0.0.1]/a.png",
         "http://0.0.0.0/a.png",
+        # Other spellings of loopback, which the resolver (and so the worker's HTTP client)
+        # reads as 127.0.0.1 or ::1.
+        "http://2130706433/a.png",
+        "http://0x7f.1/a.png",
+        "http://127.1/a.png",
+        "http://0177.0.0.1/a.png",
+        "http://0/a.png",
+        "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/a.png",  # fullwidth digits
+        "http://[::ffff:7f00:1]/a.png",
+        "http://[0:0:0:0:0:0:0:1]/a.png",
+        "http://[::127.0.0.1]/a.png",
+        "http://[64:ff9b::7f00:1]/a.png",
+        "http://[2002:7f00:1::1]/a.png",
     ],
 )
 def test_private_addresses_are_refused_by_default(
@@ -330,10 +426,74 @@ def test_private_addresses_are_refused_by_default(
     assert accepted.status_code == 202
 
 
-def test_redis_lost_during_requests_gives_503_json_then_recovers(
+def test_a_host_no_client_could_encode_is_refused(plain_api: tuple[str, RedisServer]) -> None:
+    base, _ = plain_api
+    url = "http://\u0661\u0662\u0667.\u0660.\u0660.\u0661/a.png"  # Arabic-Indic digits
+    response = requests.post(f"{base}/thumb", json={"url": url}, timeout=10)
+    assert response.status_code == 422, response.text
+    assert "not a valid host name" in response.json()["error"]
+
+
+def test_chunked_bodies_are_held_to_the_default_64_kb_cap(
     plain_api: tuple[str, RedisServer],
 ) -> None:
-    base, redis_server = plain_api
+    base, _ = plain_api
+    big = json.dumps({"user_id": 1, "data": {"title": "x" * 200_000}}).encode()
+    response = requests.post(f"{base}/report", data=chunked(big), headers=JSON, timeout=20)
+    assert response.status_code == 413, response.text
+    assert "65536 bytes" in response.json()["error"]
+    small = json.dumps({"user_id": 1, "data": {"rows": [1] * 15_000}}).encode()
+    assert 40_000 < len(small) < 65_536
+    response = requests.post(f"{base}/report", data=chunked(small), headers=JSON, timeout=20)
+    assert response.status_code == 202, response.text
+
+
+def test_a_full_queue_gets_429_with_retry_after_until_it_drains(
+    procs: ProcessTracker, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = base_env(
+        redis_server,
+        tmp_path,
+        WORKLOAD_API_BACKLOG_LIMITS="cpu=3",
+        WORKLOAD_API_RETRY_AFTER="7",
+        WORKLOAD_API_BACKLOG_CACHE_MS="0",  # exact: every request reads the length
+    )
+    base = start_api(procs, env)
+    stats = requests.get(f"{base}/stats", timeout=10).json()
+    assert stats["queues"]["cpu"]["limit"] == 3
+    assert stats["queues"]["email"]["limit"] == 10_000  # the default
+
+    # No cpu worker yet: two jobs from the API and one at priority 9 (another Redis list).
+    for _ in range(2):
+        assert requests.post(f"{base}/report", json={"user_id": 1}, timeout=10).status_code == 202
+    client_app(env).send_task(
+        "workload.tasks.generate_report", args=[1, {}], queue="cpu", priority=9
+    )
+    broker = redis_server.client()
+    assert broker.llen("cpu") == 2 and broker.llen("cpu\x06\x169") == 1
+
+    refused = requests.post(f"{base}/report", json={"user_id": 1}, timeout=10)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"] == "7"
+    assert refused.headers["Content-Type"] == "application/json"
+    assert "queue 'cpu' is full (3 waiting, limit 3)" in refused.json()["error"]
+    assert broker.llen("cpu") == 2  # nothing published for the refused request
+    # Other queues are not held back by cpu's backlog.
+    email = requests.post(f"{base}/email", json={"address": "a@example.com"}, timeout=10)
+    assert email.status_code == 202
+
+    CeleryWorker(procs, env, queues=["cpu"]).start()
+    wait_until(
+        lambda: requests.post(f"{base}/report", json={"user_id": 1}, timeout=10).status_code == 202,
+        timeout=30,
+        message="the API to admit jobs again once the worker drained cpu",
+    )
+
+
+def test_redis_lost_during_requests_gives_503_json_then_recovers(
+    procs: ProcessTracker, redis_server: RedisServer
+) -> None:
+    base = start_plain_api(procs, redis_server)
     submitted = requests.post(f"{base}/report", json={"user_id": 1}, timeout=10)
     assert submitted.status_code == 202
     job_id = submitted.json()["job_id"]

@@ -33,6 +33,7 @@ def test_traffic_sends_the_mix_at_the_rate_and_stops_on_ctrl_c(
     summary = summary_of(done.stdout)
     assert 55 <= summary["sent"] <= 61, summary
     assert summary["errors"] == 0 and summary["unexpected_4xx"] == 0, summary
+    assert summary["throttled"] == 0, summary  # far below the default backlog limits
     assert summary["accepted"] > 20 and summary["rejected_as_expected"] > 0, summary
     assert set(summary["by_kind"]) == {"report", "email", "thumb", "status", "invalid"}
     assert done.stderr.count("traffic:") >= 5  # progress lines

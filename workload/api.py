@@ -2,11 +2,14 @@
 
 ``POST /report``, ``/email``, ``/thumb`` → 202 ``{"job_id", "status_url"}``;
 ``GET /status/<job_id>`` → queued / started / retrying / succeeded (result) / failed (error);
+``GET /stats`` (queue lengths from the periodic refresh_stats, admission limits);
 ``GET /healthz`` (process alive), ``GET /readyz`` (Redis reachable).
 
-Every answer is JSON. Input errors are 400 (not JSON, malformed job id) or 422 (wrong types,
-missing or unknown fields, bad email, URL outside the allow-list), an id this API never issued
-is 404, and a Redis that cannot be reached is 503 — never a 500 with a traceback.
+Every answer is JSON, gunicorn's own protocol errors included (workload/gunicorn_worker.py).
+Input errors are 400 (not JSON, malformed body or job id), 413 (body over the cap, chunked or
+not) or 422 (wrong types, missing or unknown fields, bad email, URL outside the policy), an id
+this API never issued is 404, a queue over its backlog limit is 429 with ``Retry-After``, and a
+Redis that cannot be reached is 503 — never a 500 with a traceback.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ from typing import Any
 import click
 import redis
 from flask import Flask, Response, g, jsonify, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from workload import datastore, dlq, logs, mail, reports, urls
+from workload import admission, datastore, dlq, logs, mail, maintenance, queues, reports, urls
 from workload.app import app as celery_app
 from workload.app import settings
 from workload.errors import PermanentError
 
 JOB_KEY = f"{datastore.KEY_PREFIX}api:job:"
-JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Matched with fullmatch: "$" would also accept a trailing newline.
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STATES = {
     "PENDING": "queued",
     "RECEIVED": "queued",
@@ -46,14 +51,19 @@ log = logs.get_logger("workload.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
-def error_response(status: int, message: str) -> tuple[Response, int]:
-    return jsonify({"error": message, "status": status}), status
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> tuple[Response, int]:
+    response = jsonify({"error": message, "status": status})
+    response.headers.update(headers or {})
+    return response, status
 
 
 # --- request bodies ---------------------------------------------------------------------------
@@ -64,7 +74,7 @@ def json_object(allowed: set[str], required: set[str]) -> dict[str, Any]:
     if not request.is_json:
         raise ApiError(400, "the body must be JSON sent with Content-Type: application/json")
     try:
-        body = json.loads(request.get_data(cache=True))
+        body = json.loads(read_body(settings.api_max_body_bytes))
     except (ValueError, RecursionError):  # includes bad UTF-8 and absurd nesting
         raise ApiError(400, "the body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -78,6 +88,27 @@ def json_object(allowed: set[str], required: set[str]) -> dict[str, Any]:
     return body
 
 
+def read_body(limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes, whether sized or chunked.
+
+    A declared Content-Length over the limit is refused before reading; a chunked body is read
+    up to one byte past the limit, so a large one is refused without being buffered. A body
+    gunicorn cannot parse (a bad chunk size, a connection closed mid-body) is the client's
+    error, a 400.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"the body is larger than {limit} bytes")
+    if request.content_length is None and "wsgi.input_terminated" not in request.environ:
+        return b""  # a server that does not end the stream itself: never block on it
+    try:
+        data = request.environ["wsgi.input"].read(limit + 1)
+    except (ParseException, NoMoreData) as exc:
+        raise ApiError(400, f"malformed request body: {exc}"[:300]) from None
+    if len(data) > limit:
+        raise ApiError(413, f"the body is larger than {limit} bytes")
+    return data
+
+
 def validated(check: Any, *args: Any) -> Any:
     """Run a task's own validator; its PermanentError becomes a 422 with the same message."""
     try:
@@ -86,7 +117,23 @@ def validated(check: Any, *args: Any) -> Any:
         raise ApiError(422, str(exc)) from None
 
 
+backlogs = admission.BacklogCache(settings.api_backlog_cache_ms / 1000)
+
+
+def admit(task_name: str) -> None:
+    """429 with Retry-After when the task's queue is over its backlog limit."""
+    queue = queues.queue_of(task_name)
+    try:
+        admission.admit(
+            datastore.broker(settings), queue, settings.api_backlog_limits.get(queue, 0), backlogs
+        )
+    except admission.Backlogged as full:
+        log.warning("queue full", queue=queue, length=full.length, limit=full.limit)
+        raise ApiError(429, str(full), {"Retry-After": str(settings.api_retry_after)}) from None
+
+
 def submit(task_name: str, args: list[Any]) -> tuple[Response, int]:
+    admit(task_name)
     job_id = str(uuid.uuid4())
     g.job_id = job_id
     # Remember the id first, so /status can tell "never issued" (404) from "queued".
@@ -148,11 +195,29 @@ def register_routes(flask_app: Flask) -> None:
 
     @flask_app.get("/status/<job_id>")
     def get_status(job_id: str) -> Response:
-        if not JOB_ID.match(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise ApiError(400, "malformed job id: expected a lowercase UUID")
         if not datastore.client(settings).exists(JOB_KEY + job_id):
             raise ApiError(404, f"no job {job_id} (unknown, or older than its result expiry)")
         return jsonify(job_status(job_id))
+
+    @flask_app.get("/stats")
+    def stats() -> Response:
+        snapshot = maintenance.read_stats(datastore.client(settings))
+        return jsonify(
+            {
+                "queues": {
+                    queue: {
+                        "length": snapshot.get(f"queue:{queue}"),
+                        "limit": settings.api_backlog_limits.get(queue),
+                    }
+                    for queue in queues.QUEUES
+                },
+                "dead_letters": snapshot.get("dead_letters"),
+                # None until beat's refresh_stats has run (the snapshot expires without it).
+                "refreshed_at": snapshot.get("refreshed_at"),
+            }
+        )
 
     @flask_app.get("/healthz")
     def healthz() -> Response:
@@ -167,7 +232,7 @@ def register_routes(flask_app: Flask) -> None:
 def register_error_handlers(flask_app: Flask) -> None:
     @flask_app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
 
     @flask_app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -236,7 +301,8 @@ def _without_control_socket() -> list[str]:
     help="Seconds before gunicorn restarts a stuck worker.",
 )
 def main(bind: str, workers: int, threads: int, timeout: int) -> None:
-    """Serve the API with gunicorn (the same as: gunicorn -b BIND 'workload.api:create_app()')."""
+    """Serve the API with gunicorn, JSON error pages included (the same as:
+    gunicorn -k workload.gunicorn_worker.JsonErrorWorker -b BIND 'workload.api:create_app()')."""
     import os
 
     argv = [
@@ -245,6 +311,7 @@ def main(bind: str, workers: int, threads: int, timeout: int) -> None:
         "--workers", str(workers),
         "--threads", str(threads),
         "--timeout", str(timeout),
+        "--worker-class", "workload.gunicorn_worker.JsonErrorWorker",
         *_without_control_socket(),
         "workload.api:create_app()",
     ]  # fmt: skip

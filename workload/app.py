@@ -1,8 +1,10 @@
 """The Celery application of the reference workload: ``celery -A workload.app worker ...``.
 
-The article's configuration, corrected against celery/kombu 5.7 (see DESIGN.md): JSON only,
-late acknowledgement with a prefetch of one, a visibility timeout that bounds how long a
-crashed worker's task waits before redelivery, task events on, and one queue per kind of work.
+The article's configuration, corrected against celery/kombu 5.7 (see docs/design.md and
+docs/workload.md): JSON only, late acknowledgement with a prefetch of one, a visibility timeout
+that bounds how long a crashed worker's task waits before redelivery, task events on, one
+queue per kind of work (workload/queues.py), and a beat schedule of two periodic tasks:
+``celery -A workload.app beat``.
 """
 
 from __future__ import annotations
@@ -11,21 +13,35 @@ import sys
 
 from celery import Celery
 
-from workload import config, logs
+from workload import config, logs, queues
 
 try:
     settings = config.load()
 except config.ConfigError as exc:  # a clear line instead of a traceback at import
     sys.exit(f"workload: configuration error: {exc}")
 
-QUEUES = ("cpu", "email", "io", "default", "dead_letter")
+QUEUES = queues.QUEUES
+ROUTES = {name: {"queue": queue} for name, queue in queues.ROUTES.items()}
 
-ROUTES = {
-    "workload.tasks.generate_report": {"queue": "cpu"},
-    "workload.tasks.send_welcome_email": {"queue": "email"},
-    "workload.tasks.process_image": {"queue": "io"},
-    "workload.dlq.park": {"queue": "dead_letter"},
-}
+# The periodic tasks (names fixed: alerts/settings.py watches them by name).
+REFRESH_STATS = "workload.tasks.refresh_stats"
+PURGE_EXPIRED_REPORTS = "workload.tasks.purge_expired_reports"
+
+
+def beat_schedule(cfg: config.Settings) -> dict[str, dict[str, object]]:
+    """Every entry on the default queue; the intervals are settings so tests can shorten them."""
+    return {
+        "refresh-stats": {
+            "task": REFRESH_STATS,
+            "schedule": cfg.beat_refresh_stats_seconds,
+            "options": {"queue": queues.DEFAULT_QUEUE},
+        },
+        "purge-expired-reports": {
+            "task": PURGE_EXPIRED_REPORTS,
+            "schedule": cfg.beat_purge_seconds,
+            "options": {"queue": queues.DEFAULT_QUEUE},
+        },
+    }
 
 
 def transport_options(cfg: config.Settings) -> dict[str, object]:
@@ -64,9 +80,14 @@ def celery_config(cfg: config.Settings) -> dict[str, object]:
         # Events are what the exporter counts; WORKLOAD_TASK_EVENTS=false only for benchmarks.
         "worker_send_task_events": cfg.task_events,
         "task_send_sent_event": cfg.task_events,
-        "task_default_queue": "default",
+        "task_default_queue": queues.DEFAULT_QUEUE,
         "task_routes": ROUTES,
         "result_expires": cfg.result_expires,
+        "beat_schedule": beat_schedule(cfg),
+        # Beat's state (last run times) lives under WORKLOAD_STATE_DIR, never in the working
+        # directory: a read-only checkout or container still runs beat.
+        "beat_schedule_filename": str(cfg.state_dir / "celerybeat-schedule"),
+        "beat_scheduler": "workload.beat:StateDirScheduler",
         # Fail fast when the broker is gone: the API turns the error into a 503.
         "task_publish_retry_policy": {
             "max_retries": 2,

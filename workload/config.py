@@ -12,7 +12,8 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from workload.queues import ROUTES, WORK_QUEUES
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,23 @@ def env_bool(name: str, default: bool) -> bool:
     if raw in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def env_limits(name: str, known: tuple[str, ...]) -> dict[str, int]:
+    """``cpu=2000,email=500`` -> {queue: limit}; unknown queues or bad numbers are errors."""
+    limits: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in os.environ.get(name, "").split(","))):
+        queue, _, raw = part.partition("=")
+        queue = queue.strip()
+        if queue not in known:
+            raise ConfigError(f"{name}: unknown queue {queue!r}; known: {', '.join(known)}")
+        try:
+            limits[queue] = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: limit of {queue!r} must be a whole number") from None
+        if limits[queue] < 0:
+            raise ConfigError(f"{name}: limit of {queue!r} must be >= 0")
+    return limits
 
 
 def env_list(name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -133,6 +151,15 @@ class Settings:
     thumbnail_size: int
     image_max_pixels: int
     api_max_body_bytes: int
+    # Admission control: queue -> most waiting messages before the API answers 429 (0: off).
+    api_backlog_limits: dict[str, int]
+    api_backlog_cache_ms: int
+    api_retry_after: int
+    state_dir: Path
+    beat_refresh_stats_seconds: float
+    beat_purge_seconds: float
+    report_retention: int
+    dlq_retention: int
     log_format: str
     log_level: str
 
@@ -141,10 +168,28 @@ def _optional_int(name: str) -> int | None:
     return env_int(name, 0, minimum=1) if os.environ.get(name, "").strip() else None
 
 
+# Queues the API publishes to, so the ones admission control guards.
+API_QUEUES: tuple[str, ...] = tuple(q for q in WORK_QUEUES if q in ROUTES.values())
+DEFAULT_MAX_BACKLOG = 10_000
+
+
+def backlog_limits() -> dict[str, int]:
+    """Admission limits per API queue ({queue: most waiting messages}, 0 = no limit).
+
+    ``WORKLOAD_API_MAX_BACKLOG`` is every queue's limit (10,000 by default);
+    ``WORKLOAD_API_BACKLOG_LIMITS`` (``email=500,cpu=2000``) overrides single queues.
+    The status page and the stack read the limits from here.
+    """
+    default = env_int("WORKLOAD_API_MAX_BACKLOG", DEFAULT_MAX_BACKLOG)
+    overrides = env_limits("WORKLOAD_API_BACKLOG_LIMITS", API_QUEUES)
+    return {queue: overrides.get(queue, default) for queue in API_QUEUES}
+
+
 def load() -> Settings:
     """Read the environment now; raises ConfigError naming the variable at fault."""
     broker = env_str("CELERY_BROKER_URL", "redis://localhost:6379/0")
     scratch = Path(tempfile.gettempdir()) / "workload"
+    result_expires = env_int("WORKLOAD_RESULT_EXPIRES", 86400, minimum=1)
     return Settings(
         broker_url=broker,
         result_backend=env_str("CELERY_RESULT_BACKEND", "redis://localhost:6379/1"),
@@ -152,7 +197,7 @@ def load() -> Settings:
         visibility_timeout=env_int("WORKLOAD_VISIBILITY_TIMEOUT", 3600, minimum=1),
         unacked_restore_interval=_optional_int("WORKLOAD_UNACKED_RESTORE_INTERVAL"),
         unacked_restore_throttle=_optional_int("WORKLOAD_UNACKED_RESTORE_THROTTLE"),
-        result_expires=env_int("WORKLOAD_RESULT_EXPIRES", 86400, minimum=1),
+        result_expires=result_expires,
         prefetch_multiplier=env_int("WORKLOAD_PREFETCH_MULTIPLIER", 1, minimum=0),
         task_events=env_bool("WORKLOAD_TASK_EVENTS", True),
         redis_connect_timeout=env_float("WORKLOAD_REDIS_CONNECT_TIMEOUT", 5.0, minimum=0.1),
@@ -195,17 +240,16 @@ def load() -> Settings:
         thumbnail_size=env_int("WORKLOAD_THUMBNAIL_SIZE", 128, minimum=1),
         image_max_pixels=env_int("WORKLOAD_IMAGE_MAX_PIXELS", 40_000_000, minimum=1),
         api_max_body_bytes=env_int("WORKLOAD_API_MAX_BODY_BYTES", 64 * 1024, minimum=256),
+        api_backlog_limits=backlog_limits(),
+        api_backlog_cache_ms=env_int("WORKLOAD_API_BACKLOG_CACHE_MS", 100),
+        api_retry_after=env_int("WORKLOAD_API_RETRY_AFTER", 10, minimum=1),
+        state_dir=Path(env_str("WORKLOAD_STATE_DIR", str(scratch / "state"))),
+        beat_refresh_stats_seconds=env_float(
+            "WORKLOAD_BEAT_REFRESH_STATS_SECONDS", 30.0, minimum=0.1
+        ),
+        beat_purge_seconds=env_float("WORKLOAD_BEAT_PURGE_SECONDS", 300.0, minimum=0.1),
+        report_retention=env_int("WORKLOAD_REPORT_RETENTION", result_expires, minimum=1),
+        dlq_retention=env_int("WORKLOAD_DLQ_RETENTION", 7 * 86400, minimum=1),
         log_format=env_str("WORKLOAD_LOG_FORMAT", "json").lower(),
         log_level=env_str("WORKLOAD_LOG_LEVEL", "INFO").upper(),
     )
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))

@@ -30,3 +30,17 @@ def client(settings: Settings) -> redis.Redis:
     return _client_for(
         settings.data_redis_url, settings.redis_connect_timeout, settings.redis_socket_timeout
     )
+
+
+@functools.cache
+def _broker_for(url: str, connect_timeout: float, socket_timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout
+    )
+
+
+def broker(settings: Settings) -> redis.Redis:
+    """A shared client of the broker's Redis (queue lengths: admission control, stats)."""
+    return _broker_for(
+        settings.broker_url, settings.redis_connect_timeout, settings.redis_socket_timeout
+    )

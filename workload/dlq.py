@@ -25,18 +25,16 @@ import redis
 from celery import Task
 from kombu.exceptions import OperationalError
 
-from workload import datastore, logs
+from exporter.logs import mask_url
+from workload import datastore, logs, queues
 from workload.app import app, settings
-from workload.config import mask_url
 from workload.errors import WorkloadError
 
 PARK_TASK = "workload.dlq.park"
-DLQ_QUEUE = "dead_letter"
+DLQ_QUEUE = queues.DEAD_LETTER_QUEUE
 LETTERS_KEY = f"{datastore.KEY_PREFIX}dlq:letters"
 INDEX_KEY = f"{datastore.KEY_PREFIX}dlq:index"
 MAX_TRACEBACK = 20_000
-# kombu stores priorities 3, 6 and 9 in sibling lists named queue + "\x06\x16" + priority.
-PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 log = logs.get_logger("workload.dlq")
 
@@ -70,10 +68,19 @@ def build_letter(task: Task, exc: BaseException, task_id: str, args: Any, kwargs
 
 
 class DeadLetterTask(Task):
-    """Base class of the workload's tasks: a final failure is published as a dead letter."""
+    """Base class of the workload's tasks: a final failure is published as a dead letter,
+    and every attempt logs one ``task finished`` line (workload/logs.py)."""
 
     # Expected failures are logged without a traceback by Celery (ours keep it in the letter).
     throws = (WorkloadError,)
+
+    # Celery's tracer calls these two directly (no signal dispatch) around the task body.
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        logs.task_started(task_id, self.name)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any,
+                     einfo: Any) -> None:  # fmt: skip
+        logs.task_returned(task_id, status, self.request.delivery_info)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:  # fmt: skip
@@ -104,6 +111,7 @@ class DeadLetterTask(Task):
 
 @app.task(
     name=PARK_TASK,
+    base=DeadLetterTask,  # its log line; on_failure never dead-letters a dead letter
     autoretry_for=(redis.RedisError,),
     retry_backoff=True,
     retry_backoff_max=60,
@@ -154,8 +162,8 @@ def remove(client: redis.Redis, letter_id: str) -> None:
 def waiting_count(broker: redis.Redis) -> int:
     """Letters published but not parked yet (no dead-letter consumer running)."""
     pipe = broker.pipeline()
-    for suffix in PRIORITY_SUFFIXES:
-        pipe.llen(DLQ_QUEUE + suffix)
+    for key in queues.redis_lists(DLQ_QUEUE):
+        pipe.llen(key)
     return sum(pipe.execute())
 
 
@@ -176,21 +184,15 @@ def requeue(client: redis.Redis, letter: dict[str, Any]) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
-def _broker_client() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        socket_timeout=settings.redis_socket_timeout,
-    )
-
-
 def _guard(action: Callable[[], None]) -> None:
     """Run a command, turning an unreachable Redis into one clear line and exit status 1."""
     try:
         action()
     except (redis.RedisError, OperationalError) as exc:
-        urls = f"{mask_url(settings.data_redis_url)} / {mask_url(settings.broker_url)}"
-        raise click.ClickException(f"cannot reach Redis ({urls}): {exc}") from None
+        # The data store defaults to the broker's URL: name each distinct URL once.
+        targets = dict.fromkeys(mask_url(u) for u in (settings.data_redis_url, settings.broker_url))
+        where = " and ".join(targets)
+        raise click.ClickException(f"cannot reach Redis at {where}: {exc}") from None
 
 
 def _emit(as_json: bool, payload: Any, text: Iterable[str]) -> None:
@@ -214,7 +216,7 @@ def list_command(limit: int | None, as_json: bool) -> None:
 
     def run() -> None:
         letters = list_letters(datastore.client(settings), limit)
-        waiting = waiting_count(_broker_client())
+        waiting = waiting_count(datastore.broker(settings))
         summary = [
             {k: letter.get(k) for k in ("id", "name", "queue", "exception", "failed_at_iso")}
             for letter in letters
@@ -293,9 +295,9 @@ def purge_command(yes: bool, waiting: bool, as_json: bool) -> None:
         client.delete(LETTERS_KEY, INDEX_KEY)
         dropped = 0
         if waiting:
-            broker = _broker_client()
+            broker = datastore.broker(settings)
             dropped = waiting_count(broker)
-            broker.delete(*(DLQ_QUEUE + suffix for suffix in PRIORITY_SUFFIXES))
+            broker.delete(*queues.redis_lists(DLQ_QUEUE))
         _emit(
             as_json,
             {"purged": count, "waiting_dropped": dropped},

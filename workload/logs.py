@@ -1,7 +1,8 @@
 """Structured logs (structlog, one JSON object per line) for the workers and the API.
 
-Workers: Celery's own log records go through the same renderer, and every task adds one line
-when it ends with task_id, task_name, state, duration and, on failure, the exception.
+Workers: Celery's own log records go through the same renderer, and every task attempt adds
+one line when it ends with task_id, task_name, state, duration and queue (a retried attempt
+logs ``task retry`` instead), plus ``task failed`` with the exception on failure.
 API: one line per request. ``WORKLOAD_LOG_FORMAT=console`` gives human-readable lines.
 """
 
@@ -67,26 +68,40 @@ def get_logger(name: str) -> Any:
 
 
 # --- workers --------------------------------------------------------------------------------
+#
+# The per-task hooks are plain method calls from the task base class (workload.dlq's
+# DeadLetterTask.before_start / after_return), not task_prerun/task_postrun receivers: Celery's
+# signal dispatch and a structlog event built only to be dropped cost a few percent of a
+# worker's CPU per task (bench/RESULTS.md, "The workload against stock Celery").
 
 _task_log = structlog.get_logger("workload.task")
-_started: dict[str, float] = {}
+_task_stdlib_logger = logging.getLogger("workload.task")
+# task id -> (start time, the contextvars tokens to reset); a pool thread runs several tasks.
+_running: dict[str, tuple[float, Any]] = {}
+_MAX_RUNNING = 10_000  # entries of attempts that never returned (ignored/rejected) are dropped
 
 
 def _on_setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     configure(level=loglevel or "INFO")
 
 
-def _on_prerun(task_id: str, task: Any, **_: Any) -> None:
-    _started[task_id] = time.monotonic()
-    structlog.contextvars.bind_contextvars(task_id=task_id, task_name=task.name)
+def task_started(task_id: str, task_name: str) -> None:
+    """Bind task_id/task_name to every log line of this attempt and start its clock."""
+    if len(_running) >= _MAX_RUNNING:
+        _running.clear()
+    tokens = structlog.contextvars.bind_contextvars(task_id=task_id, task_name=task_name)
+    _running[task_id] = (time.monotonic(), tokens)
 
 
-def _on_postrun(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
-    started = _started.pop(task_id, None)
-    duration = round(time.monotonic() - started, 6) if started is not None else None
-    queue = (task.request.delivery_info or {}).get("routing_key")
-    _task_log.info("task finished", state=state, duration=duration, queue=queue)
-    structlog.contextvars.clear_contextvars()
+def task_returned(task_id: str, state: str | None, delivery_info: dict[str, Any] | None) -> None:
+    """One ``task finished`` line (state, duration, queue) when INFO is on; unbind."""
+    started, tokens = _running.pop(task_id, (None, None))
+    if _task_stdlib_logger.isEnabledFor(logging.INFO):
+        duration = round(time.monotonic() - started, 6) if started is not None else None
+        queue = (delivery_info or {}).get("routing_key")
+        _task_log.info("task finished", state=state, duration=duration, queue=queue)
+    if tokens is not None:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 def _on_failure(task_id: str, exception: BaseException, sender: Any = None, **_: Any) -> None:
@@ -101,20 +116,24 @@ def _on_failure(task_id: str, exception: BaseException, sender: Any = None, **_:
 
 
 def _on_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    task_id = getattr(request, "id", None)
     _task_log.warning(
         "task retry",
-        task_id=getattr(request, "id", None),
+        task_id=task_id,
         task_name=getattr(request, "task", None),
         retries=getattr(request, "retries", None),
         reason=str(reason)[:1000],
     )
+    # A retried attempt does not reach after_return: unbind it here.
+    _, tokens = _running.pop(task_id, (None, None)) if task_id else (None, None)
+    if tokens is not None:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 def connect_worker_signals() -> None:
-    """Hook the worker's signals; Celery then leaves logging to :func:`configure`."""
+    """Hook the worker's signals (failures and retries only, which are rare); Celery then
+    leaves logging to :func:`configure`."""
     signals.setup_logging.connect(_on_setup_logging, weak=False)
-    signals.task_prerun.connect(_on_prerun, weak=False)
-    signals.task_postrun.connect(_on_postrun, weak=False)
     signals.task_failure.connect(_on_failure, weak=False)
     signals.task_retry.connect(_on_retry, weak=False)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
-from workload import accounts, datastore, images, mail, reports
-from workload.app import app, settings
+from workload import accounts, datastore, images, mail, maintenance, reports
+from workload.app import PURGE_EXPIRED_REPORTS, REFRESH_STATS, app, settings
 from workload.dlq import DeadLetterTask
 from workload.errors import (
     AccountLocked,
@@ -179,3 +179,28 @@ def dummy_task(i: int, sleep: float = 0.0) -> int:
     if sleep:
         time.sleep(min(float(sleep), 60.0))
     return i
+
+
+# --- periodic tasks (beat: workload/app.py's beat_schedule) -----------------------------------
+
+
+@app.task(base=DeadLetterTask, name=REFRESH_STATS)
+def refresh_stats() -> dict[str, Any]:
+    """Snapshot queue lengths and parked dead letters into ``workload:stats`` (GET /stats)."""
+    # Kept for three intervals: a stale snapshot disappears when beat stops.
+    ttl = max(1, round(3 * settings.beat_refresh_stats_seconds))
+    return maintenance.refresh_stats(datastore.broker(settings), datastore.client(settings), ttl)
+
+
+@app.task(base=DeadLetterTask, name=PURGE_EXPIRED_REPORTS)
+def purge_expired_reports() -> dict[str, int]:
+    """Delete report files past WORKLOAD_REPORT_RETENTION, dead letters past _DLQ_RETENTION."""
+    now = time.time()
+    return {
+        "reports_removed": maintenance.purge_report_files(
+            settings.report_dir, now - settings.report_retention
+        ),
+        "dead_letters_removed": maintenance.purge_dead_letters(
+            datastore.client(settings), now - settings.dlq_retention
+        ),
+    }

@@ -235,6 +235,7 @@ class Tally:
     ok: int = 0
     rejected: int = 0
     unexpected: int = 0
+    throttled: int = 0  # 429: the API's admission control refused a job (queue full)
     errors: int = 0
     skipped: int = 0
     by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -249,6 +250,8 @@ class Tally:
                 self.accepted += 1
             elif status < 300:
                 self.ok += 1
+            elif status == 429:
+                self.throttled += 1
             elif request.expect_rejection:
                 self.rejected += 1
             else:
@@ -262,6 +265,7 @@ class Tally:
                 "ok": self.ok,
                 "rejected_as_expected": self.rejected,
                 "unexpected_4xx": self.unexpected,
+                "throttled": self.throttled,
                 "errors": self.errors,
                 "skipped": self.skipped,
                 "by_kind": dict(self.by_kind),
@@ -349,7 +353,8 @@ class Runner:
         line = (
             f"traffic: {elapsed:6.1f}s sent={s['sent']} accepted={s['accepted']} ok={s['ok']} "
             f"rejected={s['rejected_as_expected']} unexpected4xx={s['unexpected_4xx']} "
-            f"errors={s['errors']} skipped={s['skipped']} ({s['sent'] / max(elapsed, 1e-9):.1f}/s)"
+            f"throttled={s['throttled']} errors={s['errors']} skipped={s['skipped']} "
+            f"({s['sent'] / max(elapsed, 1e-9):.1f}/s)"
         )
         tty = sys.stderr.isatty()
         sys.stderr.write(("\r" if tty else "") + line + ("\n" if final or not tty else ""))

@@ -1,8 +1,12 @@
 """Which URLs the workload may fetch: scheme and host allow-lists, no private networks.
 
-The API checks the URL as written (cheap, no DNS); the worker checks it again and also every
-address the host name resolves to, so that a public-looking name pointing at 127.0.0.1 or a
-cloud metadata address is refused unless ``WORKLOAD_ALLOW_PRIVATE_NETWORKS`` is set.
+One function, :func:`check_url`, serves the API and the workers. The host is first put in the
+form the HTTP client will use (IDNA/UTS #46, as requests does: fullwidth digits become ASCII
+ones), then turned into addresses by the operating system's resolver, the one the client
+connects with. In numeric mode (no DNS) the resolver also reads every other spelling of an
+address -- ``2130706433``, ``0x7f.1``, ``127.1``, ``0177.0.0.1``, IPv6 forms -- so the API
+refuses those exactly as the worker does. Only the worker (``resolve=True``) also looks names
+up in DNS and checks every address they resolve to.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+import idna
+
 from workload.config import UrlPolicy
 from workload.errors import UrlNotAllowed
 
 MAX_URL_LENGTH = 2048
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
@@ -29,22 +37,61 @@ def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form reaches: mapped, NAT64, 6to4 or IPv4-compatible."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in NAT64 or ip in IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
 def _is_public(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo is not None:  # a tunnel to an address we cannot see
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded
+    return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
-def _literal_ip(host: str) -> bool:
+def client_host(host: str) -> str:
+    """The ASCII host an HTTP client sends to the resolver (requests' IDNA encoding)."""
+    if host.isascii():
+        return host
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise UrlNotAllowed(f"host {host!r} is not a valid host name: {exc}") from None
+
+
+def addresses(host: str, port: int, resolve: bool) -> list[str]:
+    """The addresses a client connecting to ``host`` would use.
+
+    Any numeric spelling is read by the system resolver without DNS; a name is looked up only
+    when ``resolve`` (the worker), else the result is empty (the API does no DNS).
+    """
+    # An IPv6 zone (fe80::1%eth0) names an interface, not an address: check the address.
+    numeric = host.split("%", 1)[0] if ":" in host else host
+    try:
+        infos = socket.getaddrinfo(
+            numeric, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        if not resolve:
+            return []
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise UrlNotAllowed(f"host {host!r} does not resolve: {exc}") from None
+    except UnicodeError as exc:
+        raise UrlNotAllowed(f"host {host!r} is not a valid host name: {exc}") from None
+    return [str(info[4][0]) for info in infos]
 
 
 def check_url(url: object, policy: UrlPolicy, resolve: bool = False) -> str:
@@ -67,7 +114,7 @@ def check_url(url: object, policy: UrlPolicy, resolve: bool = False) -> str:
         )
     if parts.username is not None or parts.password is not None:
         raise UrlNotAllowed("credentials in URLs are not allowed")
-    host = (parts.hostname or "").rstrip(".").lower()
+    host = client_host((parts.hostname or "").rstrip(".").lower())
     if not host:
         raise UrlNotAllowed("url has no host")
     if not _host_allowed(host, policy.hosts):
@@ -81,17 +128,8 @@ def _refuse_private(host: str, port: int, resolve: bool) -> None:
     hint = "set WORKLOAD_ALLOW_PRIVATE_NETWORKS=true to allow it"
     if host == "localhost" or host.endswith(".localhost"):
         raise UrlNotAllowed(f"host {host!r} is a private address; {hint}")
-    if _literal_ip(host):
-        if not _is_public(host):
-            raise UrlNotAllowed(f"address {host} is not public; {hint}")
-        return
-    if not resolve:
-        return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise UrlNotAllowed(f"host {host!r} does not resolve: {exc}") from None
-    for info in infos:
-        address = str(info[4][0])
+    for address in addresses(host, port, resolve):
         if not _is_public(address):
-            raise UrlNotAllowed(f"host {host!r} resolves to non-public {address}; {hint}")
+            if address == host:
+                raise UrlNotAllowed(f"address {host} is not public; {hint}")
+            raise UrlNotAllowed(f"host {host!r} is the non-public address {address}; {hint}")
