@@ -260,6 +260,7 @@ class Exporter:
             celery.__version__,
             self.started_at,
             http_rejected=self.http.rejected if self.http is not None else None,
+            admission_limits=self.config.admission_limits,
         )
 
     def render(self, fmt: str) -> bytes:

@@ -97,6 +97,14 @@ def _static_labels(ctx: Any, param: click.Parameter, values: tuple[str, ...]) ->
     return labels
 
 
+def _admission_limits(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
+    limits = _key_values(ctx, param, values)
+    for queue, limit in limits.items():
+        if type(limit) is not int or limit < 0:
+            raise click.BadParameter(f"{queue}={limit!r}: the limit is a whole number >= 0")
+    return limits
+
+
 def _accept_content(_: Any, __: click.Parameter, value: str | None) -> None:
     """The peer's --accept-content, held to JSON: anything else is refused by name."""
     if value is None:
@@ -226,6 +234,15 @@ OPTIONS = Options()
     show_default=False,
     peer=True,
     help="Comma-separated queues to always report (0 when empty), besides discovered ones.",
+)
+@option(
+    "--admission-limit",
+    "admission_limits",
+    multiple=True,
+    callback=_admission_limits,
+    show_default=False,
+    help="queue=N, repeatable: the backlog past which your application refuses new work on "
+    "that queue (e.g. the workload API's 429s); exported and shown on the status page.",
 )
 @option(
     "--default-queue-name",
@@ -535,6 +552,7 @@ def build_config(flags: dict[str, Any]) -> Config:
             max_connections=flags["max_connections"], header_timeout=flags["read_header_timeout"]
         ),
         queues=flags["queues"],
+        admission_limits=flags["admission_limits"],
         broker_poll_interval=flags["broker_poll_interval"],
         retry_interval=flags["retry_interval"],
         inspect_interval=flags["inspect_interval"],

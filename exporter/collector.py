@@ -77,6 +77,7 @@ class ScrapeView:
     inspect: InspectView
     source: SourceStatus
     visibility_timeout: float
+    admission_limits: Mapping[str, int]
     runtime_buckets: tuple[float, ...]
     queue_wait_buckets: tuple[float, ...]
     version: str
@@ -118,6 +119,7 @@ def gather(
     celery_version: str,
     started_at: float = 0.0,
     http_rejected: Mapping[str, int] | None = None,
+    admission_limits: Mapping[str, int] | None = None,
 ) -> ScrapeView:
     return ScrapeView(
         state=state.snapshot(),
@@ -125,6 +127,7 @@ def gather(
         inspect=inspect,
         source=source,
         visibility_timeout=visibility_timeout,
+        admission_limits=admission_limits or {},
         runtime_buckets=state.options.runtime_buckets,
         queue_wait_buckets=state.options.queue_wait_buckets,
         version=version,
@@ -194,6 +197,8 @@ def _queue_families(view: ScrapeView) -> Iterator[Family]:
     queues = sorted(set(broker.lengths) | set(inspect.workers))
     yield Family(m.QUEUE_LENGTH, [((q,), n) for q, n in broker.lengths.items()])
     yield Family(m.QUEUE_OLDEST_AGE, [((q,), a) for q, a in broker.oldest_age.items()])
+    limits = view.admission_limits
+    yield Family(m.QUEUE_ADMISSION_LIMIT, [((q,), n) for q, n in sorted(limits.items())])
     scheduled = view.state.scheduled
     yield Family(
         m.QUEUE_SCHEDULED,

@@ -26,6 +26,7 @@ class Config:
     web_config_file: str | None = None
     http_limits: Limits = field(default_factory=Limits)
     queues: tuple[str, ...] = ()
+    admission_limits: Mapping[str, int] = field(default_factory=dict)  # queue -> backlog limit
     broker_poll_interval: float = 5.0
     retry_interval: float = 0.0  # longest reconnect wait; 0: capped exponential backoff
     inspect_interval: float = 30.0

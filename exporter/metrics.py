@@ -177,6 +177,13 @@ QUEUE_SCHEDULED = Metric(
     "in worker memory, invisible to celery_queue_length.",
     ("queue_name",),
 )
+QUEUE_ADMISSION_LIMIT = Metric(
+    "celery_queue_admission_limit",
+    "gauge",
+    "The backlog past which the application refuses new work on this queue (--admission-limit, "
+    "e.g. the workload API's 429s): compare with celery_queue_length.",
+    ("queue_name",),
+)
 QUEUE_CONSUMERS = Metric(
     "celery_active_consumer_count",
     "gauge",
@@ -313,6 +320,7 @@ ALL: tuple[Metric, ...] = (
     QUEUE_LENGTH,
     QUEUE_OLDEST_AGE,
     QUEUE_SCHEDULED,
+    QUEUE_ADMISSION_LIMIT,
     QUEUE_CONSUMERS,
     QUEUE_WORKERS,
     QUEUE_PROCESSES,

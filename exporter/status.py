@@ -83,6 +83,7 @@ def _queues(f: FamilyIndex) -> list[dict[str, Any]]:
             "oldest_age_seconds": f.value(m.QUEUE_OLDEST_AGE, queue) or 0.0,
             "consumers": consumers.get((queue,)) if consumers else None,
             "scheduled": f.value(m.QUEUE_SCHEDULED, queue) or 0,
+            "admission_limit": f.value(m.QUEUE_ADMISSION_LIMIT, queue),
         }
         for (queue,), length in sorted(lengths.items())
     ]

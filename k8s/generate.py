@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alerts.recording import DRAIN_TIME, QUEUE_ACTIVE
+from workload import queues
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -54,7 +55,7 @@ PROMETHEUS_SELECTOR_LABELS = {"release": "kube-prometheus-stack"}
 REDIS_CREDENTIALS = "redis-credentials"  # the Secret with the Redis passwords
 SETTINGS_CONFIGMAP = "workload-settings"
 EXPORTER_SERVICE = "celery-exporter"  # also the Prometheus job label the rules expect
-QUEUES = ("cpu", "io", "email", "default", "dead_letter")
+QUEUES = queues.QUEUES  # the workload's own definition
 # Two exporters, on different nodes when possible: losing one blinds nothing. The rules and
 # dashboards take one replica's figures (max without (instance, pod)), so nothing doubles.
 EXPORTER_REPLICAS = 2

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stack.ports import HOST, Ports
+from workload.config import API_QUEUES
 
 BIN = Path(sys.executable).parent
 # (component, queue, pool, concurrency): the worker commands compose, k8s and the docs use.
@@ -153,6 +154,8 @@ def exporter(opts: Options, queues: tuple[str, ...]) -> list[str]:
         *("--queues", ",".join(queues)),
         *("--inspect-interval", f"{opts.inspect_interval:g}"),
         *("--visibility-timeout", str(VISIBILITY_TIMEOUT)),
+        # The API's admission limit (api_env), so the status page shows it beside the length.
+        *(f"--admission-limit={queue}={ADMISSION_LIMIT}" for queue in API_QUEUES),
     ]
 
 

@@ -115,7 +115,7 @@ def start_components(rt: Runtime, stop: threading.Event) -> None:
         sup.start(f"worker-{name}", c.worker(queue, pool, concurrency, name))
     sup.start("beat", c.beat(opts))
     sup.start("api", c.api(opts))
-    from workload.app import QUEUES  # the workload's own list (reads only the environment)
+    from workload.queues import QUEUES  # the workload's own list
 
     sup.start("exporter", c.exporter(opts, QUEUES))
     sup.start("prometheus", c.prometheus(opts, rt.alerts.prometheus))

@@ -43,6 +43,8 @@ def test_help_explains_every_flag_and_its_env_var() -> None:
         (["--runtime-buckets", "a,b"], 2, "comma-separated numbers"),
         (["--web.config-file", "/nonexistent/web.yml"], 2, "cannot read web config"),
         (["--no-such-flag"], 2, "No such option"),
+        (["--admission-limit", "cpu=lots"], 2, "the limit is a whole number"),
+        (["--static-label", "no-equals"], 2, "expected key=value"),
     ],
 )
 def test_bad_flags_exit_with_one_line(args: list[str], code: int, needle: str) -> None:

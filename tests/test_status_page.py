@@ -29,6 +29,7 @@ from tests.support.procs import CeleryWorker, celery_env, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = "default@status-page"
 BACKLOG = 7  # generate_report messages on "cpu", which no worker consumes
+ADMISSION_LIMIT = 5  # what the application admits on "cpu" (--admission-limit): the queue is full
 SUCCEED, FAIL, MORE, MORE_FAIL = 12, 3, 5, 1
 DUMMY = "workload.tasks.dummy_task"
 # Page figure -> the /metrics series it must equal (labels from the figure's data-* attributes).
@@ -60,7 +61,8 @@ needs_chromium = pytest.mark.skipif(
 def _view(state: State, inspect: InspectView) -> Any:
     broker = BrokerView(up=True, polled_at=99.0, lengths={"cpu": 4, "email": 0},
                         oldest_age={"cpu": 12.5})  # fmt: skip
-    return gather(state, broker, inspect, SourceStatus(True, 0, 2), 3600.0, "1.0", "5.7")
+    return gather(state, broker, inspect, SourceStatus(True, 0, 2), 3600.0, "1.0", "5.7",
+                  admission_limits={"cpu": 4})  # fmt: skip
 
 
 def test_status_document_reports_consumers_like_metrics_and_the_page_fields() -> None:
@@ -84,6 +86,7 @@ def test_status_document_reports_consumers_like_metrics_and_the_page_fields() ->
     assert after["workers"][0]["hostname"] == "w@h" and after["workers"][0]["up"] is True
     assert after["workers"][0]["state"] == "online"
     assert after["broker_up"] is True and after["version"] == "1.0"
+    assert {q["name"]: q["admission_limit"] for q in after["queues"]} == {"cpu": 4, "email": None}
 
 
 # ---------------------------------------------------------------------- in the browser
@@ -168,7 +171,8 @@ def _row(browser: Browser, metric: str, attribute: str, key: str) -> list[str]:
 def test_status_page_shows_the_numbers_metrics_has(procs, redis_server, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
     exporter = ExporterProcess(
         procs, redis_server.url(0),
-        args=["--inspect-interval", "1", "--queues", "cpu,default,dead_letter"],
+        args=["--inspect-interval", "1", "--queues", "cpu,default,dead_letter",
+              "--admission-limit", f"cpu={ADMISSION_LIMIT}"],
     ).start()  # fmt: skip
     CeleryWorker(procs, celery_env(redis_server), queues=["default"], nodename=WORKER).start()
     app = client_app(redis_server)
@@ -194,7 +198,7 @@ def test_status_page_shows_the_numbers_metrics_has(procs, redis_server, browser,
     for metric in ("succeeded_per_second", "failed_per_second", "events_per_second"):
         assert figure(first, metric)["text"] == "—", metric
     assert figure(first, "tasks_per_second", type="succeeded")["text"] == "—"
-    assert figure(first, "queue_length", queue="cpu")["text"] == str(BACKLOG)
+    assert figure(first, "queue_length", queue="cpu")["text"] == f"{BACKLOG} / {ADMISSION_LIMIT}"
 
     browser.open(exporter.url("/?refresh=1"))
     status.wait(lambda p: p["refreshes"] >= 2, message="second refresh")
@@ -220,9 +224,12 @@ def test_status_page_shows_the_numbers_metrics_has(procs, redis_server, browser,
     exporter.wait_for(lambda s: s.value("celery_queue_length", queue_name="dead_letter")
                       == FAIL + MORE_FAIL, message="the new dead letter queued")  # fmt: skip
     page = _assert_page_matches_metrics(status, exporter)
-    assert figure(page, "queue_length", queue="cpu")["text"] == str(BACKLOG)
+    assert figure(page, "queue_length", queue="cpu")["text"] == f"{BACKLOG} / {ADMISSION_LIMIT}"
     assert figure(page, "queue_consumers", queue="cpu")["text"] == "0"
-    assert _row(browser, "queue_length", "queue", "cpu") == ["bad", "no consumer"]
+    assert _row(browser, "queue_length", "queue", "cpu") == [
+        "bad",
+        "no consumer, full: new work refused",  # 7 waiting, the application takes 5
+    ]
     assert _row(browser, "queue_length", "queue", "default")[1] == "ok"
     assert float(figure(page, "queue_oldest_age_seconds", queue="cpu")["value"]) > 0
     assert figure(page, "worker_up", hostname=WORKER)["text"] == "up"
@@ -239,7 +246,7 @@ def test_status_page_shows_the_numbers_metrics_has(procs, redis_server, browser,
     gone = status.wait(lambda p: p["state"] == "error", message="unreachable message")
     assert gone["problem"] == "unreachable"
     assert "Cannot reach the exporter" in gone["message"]
-    assert figure(gone, "queue_length", queue="cpu")["text"] == str(BACKLOG)
+    assert figure(gone, "queue_length", queue="cpu")["text"] == f"{BACKLOG} / {ADMISSION_LIMIT}"
 
 
 @needs_chromium
