@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import subprocess
 
+import hiredis
 import pytest
+import redis
 
+from exporter.broker import SubscriptionClosed, SubscriptionRefused, reason_of
 from tests.support.procs import PYTHON, RedisServer, wait_until
 
 
@@ -93,3 +96,30 @@ def test_a_malformed_port_is_a_configuration_error_echoed_as_given(url: str, ech
     line = one_line(result)
     assert "invalid port" in line and "cannot reach" not in line
     assert echoed in line  # masked, the port as given (not dropped)
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (SubscriptionRefused("NOAUTH Authentication required."), "auth"),
+        (SubscriptionRefused("WRONGPASS invalid username-password pair"), "auth"),
+        (
+            SubscriptionRefused(
+                "NOPERM this user has no permissions to run the 'psubscribe' command"
+            ),
+            "permission",
+        ),
+        (SubscriptionRefused("ERR unknown command"), "error"),
+        (hiredis.ProtocolError("Protocol error, got '?' as reply type byte"), "protocol"),
+        (redis.TimeoutError("no reply from Redis to PING in 30 s"), "timeout"),
+        (SubscriptionClosed("Redis closed the connection"), "closed"),
+        (ConnectionResetError(104, "Connection reset by peer"), "closed"),
+        (
+            redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused."),
+            "error",
+        ),
+        (redis.AuthenticationError("invalid username-password pair"), "auth"),
+    ],
+)
+def test_each_broker_error_has_its_reconnect_reason(exc: BaseException, reason: str) -> None:
+    assert reason_of(exc) == reason
