@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 FORGET_CHECK_SECONDS = 60.0
 NOT_A_QUEUE = {UNKNOWN, "other"}
 SWITCH_INTERVAL_SECONDS = 0.001
+STOP_SECONDS = 3.0  # SIGTERM must end the process within 5 s, whatever a thread waits on
 
 
 def celery_app(config: Config) -> Celery:
@@ -188,13 +189,21 @@ class Exporter:
         os._exit(1)
 
     def stop(self) -> None:
+        """Stop every part at once and wait for them together, at most ``STOP_SECONDS``: an
+        inspect, a poll or a reconnect waiting on the broker must not delay the exit, and
+        an event backlog is abandoned, not drained."""
         self._stopping.set()
-        if self.http is not None:
-            self.http.stop()
-        if self.inspector is not None:
-            self.inspector.stop()
-        self.poller.stop()
-        self.source.stop()
+        parts = [self.http, self.inspector, self.poller, self.source]
+        stoppers = [
+            threading.Thread(target=part.stop, name="stop", daemon=True)
+            for part in parts
+            if part is not None
+        ]
+        deadline = time.monotonic() + STOP_SECONDS
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=max(0.0, deadline - time.monotonic()))
         log.info("exporter stopped")
 
     # ------------------------------------------------------------------ threads' helpers
