@@ -216,15 +216,17 @@ class RedisEventSource:
             payloads: list[bytes] = []
             append = payloads.append
             size = len(chunk)
-            for offset in range(0, size, FEED_BYTES):
-                feed(chunk, offset, min(FEED_BYTES, size - offset))
-                while (reply := gets()) is not False:
-                    if reply.__class__ is list and reply[0] == PMESSAGE:
-                        append(reply[3])
-                    else:
-                        self._control(reply)
-            if payloads:
-                self._queue(payloads, size)
+            try:
+                for offset in range(0, size, FEED_BYTES):
+                    feed(chunk, offset, min(FEED_BYTES, size - offset))
+                    while (reply := gets()) is not False:
+                        if reply.__class__ is list and reply[0] == PMESSAGE:
+                            append(reply[3])
+                        else:
+                            self._control(reply)
+            finally:  # the messages before an error reply or a corrupt byte are good
+                if payloads:
+                    self._queue(payloads, size)
             if size < RECV_BYTES:
                 # Drained: let the stream gather in the kernel buffer rather than wake (and
                 # take the GIL from decoding or a scrape) for every packet. A trickle waits
