@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from exporter.broker import redis_client
 from tests.support.events import HEARTBEAT_CHANNEL, heartbeat
 from tests.support.exporter import ExporterProcess
 from tests.support.procs import PYTHON, CeleryWorker, ProcessTracker, RedisServer, wait_until
@@ -192,3 +193,19 @@ def test_broker_ssl_options_reach_the_fast_path_and_the_celery_app(procs, tmp_pa
     wait_until(broadcast_seen, timeout=30, message="enable_events broadcast over TLS")
     assert "could not broadcast" not in exporter.log_text()
     assert "adminpw" not in exporter.log_text()
+
+
+def test_sentinel_client_is_built_as_kombu_builds_it() -> None:
+    """The URL's user, password and database are the master's; sentinel_kwargs (a JSON
+    --broker-transport-option) are for the sentinels, as in kombu's SentinelChannel."""
+    client = redis_client(
+        "sentinel://app:m%40ster@s1:26380/3;sentinel://s2",
+        {"master_name": "obs", "sentinel_kwargs": {"password": "sentinel-pw"}},
+    )
+    pool = client.connection_pool
+    assert pool.service_name == "obs"
+    master = pool.connection_kwargs
+    assert (master["username"], master["password"], master["db"]) == ("app", "m@ster", 3)
+    sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    assert [(s["host"], s["port"]) for s in sentinels] == [("s1", 26380), ("s2", 26379)]
+    assert all(s["password"] == "sentinel-pw" for s in sentinels)
