@@ -6,17 +6,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from alerts.rules import rule_groups
+from alerts.settings import DEFAULTS, AlertSettings, with_overrides
+
 EXPORTER_JOB = "celery-exporter"
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:5001/alerts"
+# Where compose publishes the runbook server (alerts/runbook_server.py as a service); the
+# compose rules copy links there.
+COMPOSE_RUNBOOKS_URL = "http://127.0.0.1:8088"
 
-# While the broker is unreachable, workers cannot heartbeat and the exporter cannot poll:
-# the consequences would page alongside the cause. Only the cause pages.
+# While the broker is unreachable, workers cannot heartbeat, beat cannot send and the exporter
+# cannot poll: the consequences would page alongside the cause. Only the cause pages.
 BROKER_CONSEQUENCES = (
     "CeleryWorkerDown",
+    "CeleryTaskLost",
+    "CeleryPeriodicTaskMissed",
     "CeleryBrokerPollStale",
     "CeleryEventsNotArriving",
     "CeleryQueueNoConsumers",
+    "CeleryQueueDrainTimeTooLong",
 )
+# The consequences are deduplicated across exporter replicas (no `instance` label), so the
+# inhibition matches on the labels that tell Celery deployments apart; a label both alerts
+# lack counts as equal.
+INHIBIT_EQUAL = ("job", "namespace", "cluster")
+
+
+def stack_rules(runbook_base_url: str, settings: AlertSettings = DEFAULTS) -> dict[str, Any]:
+    """The rules file (a dict; write it with ``to_yaml``) for a stack that serves the runbooks
+    itself at ``runbook_base_url`` (e.g. ``RunbookServer().start().base_url``)."""
+    return rule_groups(with_overrides(settings, {"runbook_base_url": runbook_base_url}))
 
 
 def prometheus_config(
@@ -83,7 +102,7 @@ def alertmanager_config(
             {
                 "source_matchers": ['alertname="CeleryBrokerUnreachable"'],
                 "target_matchers": [f'alertname=~"{"|".join(BROKER_CONSEQUENCES)}"'],
-                "equal": ["job", "instance"],
+                "equal": list(INHIBIT_EQUAL),
             }
         ],
     }

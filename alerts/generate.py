@@ -7,6 +7,10 @@
 Thresholds live in alerts/settings.py (AlertSettings); --config (YAML mapping) and --set
 override them. The stack and the tests import :func:`prometheus_config`,
 :func:`alertmanager_config` and :func:`render_rules` from here.
+
+Without --out-dir it also writes the compose copy of the rules
+(compose/prometheus/celery-observatory.rules.yml): the same rules, linking to the runbook
+server compose publishes (alerts.configs.COMPOSE_RUNBOOKS_URL).
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import yaml
 
-from alerts.configs import DEFAULT_WEBHOOK_URL, alertmanager_config, prometheus_config
+from alerts.configs import (
+    COMPOSE_RUNBOOKS_URL,
+    DEFAULT_WEBHOOK_URL,
+    alertmanager_config,
+    prometheus_config,
+)
 from alerts.generated import write_or_check
 from alerts.rules import alerts, rule_groups
 from alerts.settings import (
@@ -44,6 +53,7 @@ __all__ = [
 ]
 
 HERE = Path(__file__).resolve().parent
+COMPOSE_RULES_DIR = HERE.parent / "compose" / "prometheus"
 RULES_FILE = "celery-observatory.rules.yml"
 ALERTMANAGER_FILE = "alertmanager.yml"
 PROMETHEUS_EXAMPLE_FILE = "prometheus.example.yml"
@@ -91,6 +101,12 @@ def generated_files(
     }
 
 
+def compose_files(settings: AlertSettings = DEFAULTS) -> dict[str, str]:
+    """The compose copy of the rules: runbook links to compose's own runbook server."""
+    local = with_overrides(settings, {"runbook_base_url": COMPOSE_RUNBOOKS_URL})
+    return {RULES_FILE: render_rules(local)}
+
+
 def _settings_from_args(args: argparse.Namespace) -> AlertSettings:
     settings = fast() if args.preset == "fast" else DEFAULTS
     if args.config is not None:
@@ -119,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     files = generated_files(settings, webhook_url=args.webhook_url)
-    return write_or_check(files, args.out_dir, args.check, "python alerts/generate.py")
+    command = "python alerts/generate.py"
+    status = write_or_check(files, args.out_dir, args.check, command)
+    if args.out_dir.resolve() == HERE:  # the repository's own files: compose's copy too
+        status |= write_or_check(compose_files(settings), COMPOSE_RULES_DIR, args.check, command)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,131 +1,42 @@
-"""Recording and alerting rules, built from :class:`~alerts.settings.AlertSettings`.
+"""Alerting rules and the whole rules file, built from :class:`~alerts.settings.AlertSettings`.
 
-Recording rules use a fixed 5m window: their names carry the window (``...:rate5m``) and the
-dashboards query them by name, so the window is part of the contract, not a setting.
-Aggregations use ``without (instance, pod, hostname, ...)`` so that target labels such as
-``job`` or ``namespace`` survive and two Celery clusters in one Prometheus stay apart.
+Every expression is scoped by the ``selector`` setting and replica-safe (see
+:mod:`alerts.promql`): alerts about tasks, queues and workers take ``max without (instance,
+pod)`` first, so two exporters watching one broker raise one alert, and losing either changes
+nothing. Alerts about one exporter process (broker unreachable, events not arriving, dropped
+events, stale polls, a replica down) keep ``instance``: they are about that process.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import textwrap
 from typing import Any
 
+from alerts import slo
+from alerts.alert import Alert, pct
+from alerts.promql import PromQL, block, expr, one_of
+from alerts.recording import (
+    DRAIN_TIME,
+    FAILED_RATE,
+    FAILURE_RATIO,
+    RATE_WINDOW_SECONDS,
+    SUCCEEDED_RATE,
+    UTILISATION,
+    recording_rules,
+)
 from alerts.settings import AlertSettings
+
+__all__ = ["Alert", "alerts", "recording_rules", "rule_groups"]
 
 RECORDING_GROUP = "celery-observatory.recording"
 ALERTING_GROUP = "celery-observatory.alerts"
 
-RATE_WINDOW = "5m"
-RATE_WINDOW_SECONDS = 300
-DROP = "instance, pod, hostname"  # labels summed away in per-task recording rules
 
-SUCCEEDED_RATE = "name_queue_name:celery_task_succeeded:rate5m"
-FAILED_RATE = "name_queue_name:celery_task_failed:rate5m"
-FAILURE_RATIO = "name_queue_name:celery_task_failure:ratio_rate5m"
-SENT_RATE_BY_QUEUE = "queue_name:celery_task_sent:rate5m"
-STARTED_RATE_BY_QUEUE = "queue_name:celery_task_started:rate5m"
-RUNTIME_BUCKET_RATE = "name_queue_name_le:celery_task_runtime_bucket:rate5m"
-QUEUE_WAIT_BUCKET_RATE = "name_queue_name_le:celery_task_queue_wait_time_bucket:rate5m"
-RUNTIME_QUANTILE = "name_queue_name:celery_task_runtime:quantile_rate5m"
-QUEUE_WAIT_QUANTILE = "name_queue_name:celery_task_queue_wait_time:quantile_rate5m"
-QUANTILES = ("0.5", "0.95", "0.99")
-
-
-def _expr(text: str) -> str:
-    return textwrap.dedent(text).strip()
-
-
-def recording_rules() -> list[dict[str, Any]]:
-    """Rates, ratios and latency quantiles the dashboards and alerts read by name."""
-    rules: list[dict[str, Any]] = [
-        {
-            "record": SUCCEEDED_RATE,
-            "expr": f"sum without ({DROP}) (rate(celery_task_succeeded_total[{RATE_WINDOW}]))",
-        },
-        {
-            "record": FAILED_RATE,
-            "expr": (
-                f"sum without ({DROP}, exception) (rate(celery_task_failed_total[{RATE_WINDOW}]))"
-            ),
-        },
-        {
-            # A ratio, not the article's rate: 0/0 (no traffic) is NaN and never alerts.
-            "record": FAILURE_RATIO,
-            "expr": f"{FAILED_RATE}\n/\n({SUCCEEDED_RATE} + {FAILED_RATE})",
-        },
-        {
-            "record": SENT_RATE_BY_QUEUE,
-            "expr": f"sum without ({DROP}, name) (rate(celery_task_sent_total[{RATE_WINDOW}]))",
-        },
-        {
-            "record": STARTED_RATE_BY_QUEUE,
-            "expr": (
-                f"sum without ({DROP}, name) (rate(celery_task_started_total[{RATE_WINDOW}]))"
-            ),
-        },
-        {
-            "record": RUNTIME_BUCKET_RATE,
-            "expr": f"sum without ({DROP}) (rate(celery_task_runtime_bucket[{RATE_WINDOW}]))",
-        },
-        {
-            "record": QUEUE_WAIT_BUCKET_RATE,
-            "expr": (
-                f"sum without ({DROP}) (rate(celery_task_queue_wait_time_bucket[{RATE_WINDOW}]))"
-            ),
-        },
-    ]
-    for record, source in (
-        (RUNTIME_QUANTILE, RUNTIME_BUCKET_RATE),
-        (QUEUE_WAIT_QUANTILE, QUEUE_WAIT_BUCKET_RATE),
-    ):
-        for quantile in QUANTILES:
-            rules.append(
-                {
-                    "record": record,
-                    "expr": f"histogram_quantile({quantile}, {source})",
-                    "labels": {"quantile": quantile},
-                }
-            )
-    return rules
-
-
-@dataclasses.dataclass(frozen=True)
-class Alert:
-    """One alerting rule; ``summary`` and ``description`` are Go templates."""
-
-    name: str
-    expr: str
-    for_: str
-    severity: str
-    summary: str
-    description: str
-
-    def to_rule(self, runbook_base_url: str) -> dict[str, Any]:
-        return {
-            "alert": self.name,
-            "expr": self.expr,
-            "for": self.for_,
-            "labels": {"severity": self.severity},
-            "annotations": {
-                "summary": self.summary,
-                "description": self.description,
-                "runbook_url": f"{runbook_base_url.rstrip('/')}/{self.name}.md",
-            },
-        }
-
-
-def _pct(ratio: float) -> str:
-    return f"{ratio * 100:g}%"
-
-
-def _event_loss_expr(s: AlertSettings) -> str:
+def _event_loss_expr(s: AlertSettings, q: PromQL) -> str:
     # A worker whose task events are all lost has no started series at all: `or ... * 0`
     # gives it an explicit zero, so the worst loss alerts too.
-    accepted = f"increase(celery_worker_tasks_processed[{s.event_loss_window}])"
-    started = f"increase(celery_task_started_total[{s.event_loss_window}])"
-    return _expr(
+    accepted = q.increase("celery_worker_tasks_processed", s.event_loss_window)
+    started = q.increase("celery_task_started_total", s.event_loss_window)
+    return expr(
         f"""
         (
           sum without (name, queue_name) ({started})
@@ -139,13 +50,37 @@ def _event_loss_expr(s: AlertSettings) -> str:
     )
 
 
-def _task_alerts(s: AlertSettings) -> list[Alert]:
+def _counted_in_window(q: PromQL, metric: str, window: str) -> str:
+    """How much a counter grew over ``window``, per series, deduplicated across replicas.
+
+    ``increase()`` misses a series' first step: a counter created at 1 by the first lost task
+    of a worker (every pod has a new hostname) has no earlier sample to grow from. The second
+    branch counts a series that did not exist ``window`` ago, but only where Prometheus
+    scraped that exporter ``window`` ago, so a freshly started Prometheus does not take old
+    counts for new ones.
+    """
+    series = q.sel(metric)
+    up_then = f"{q.sel('up')} offset {window}"
+    return block(
+        f"max without ({q.replicas})",
+        expr(
+            f"""
+            increase({series}[{window}]) > 0
+            or
+            ({series} unless {series} offset {window}) > 0
+              and on (job, instance) {up_then}
+            """
+        ),
+    )
+
+
+def _task_alerts(s: AlertSettings, q: PromQL) -> list[Alert]:
     return [
         Alert(
             name="CeleryTaskFailureRatioHigh",
             expr=(
-                f"{FAILURE_RATIO} > {s.failure_ratio:g}\nand\n"
-                f"({SUCCEEDED_RATE} + {FAILED_RATE}) * {RATE_WINDOW_SECONDS} "
+                f"{q.sel(FAILURE_RATIO)} > {s.failure_ratio:g}\nand\n"
+                f"({q.sel(SUCCEEDED_RATE)} + {q.sel(FAILED_RATE)}) * {RATE_WINDOW_SECONDS} "
                 f">= {s.failure_min_tasks}"
             ),
             for_=s.failure_for,
@@ -154,35 +89,157 @@ def _task_alerts(s: AlertSettings) -> list[Alert]:
             description=(
                 "{{ $value | humanizePercentage }} of the runs of {{ $labels.name }} on queue "
                 "{{ $labels.queue_name }} failed over the last 5m (threshold "
-                f"{_pct(s.failure_ratio)}, counted only with at least {s.failure_min_tasks} "
+                f"{pct(s.failure_ratio)}, counted only with at least {s.failure_min_tasks} "
                 "finished runs in 5m)."
             ),
         ),
         Alert(
             name="CeleryEventLoss",
-            expr=_event_loss_expr(s),
+            expr=_event_loss_expr(s, q),
             for_=s.event_loss_for,
             severity="warning",
             summary="Task events from {{ $labels.hostname }} are being lost.",
             description=(
                 "The exporter counted only {{ $value | humanize }} task-started events from "
                 f"{{{{ $labels.hostname }}}} over the last {s.event_loss_window}, less than "
-                f"{_pct(s.event_loss_ratio)} of the tasks the worker itself reports having "
+                f"{pct(s.event_loss_ratio)} of the tasks the worker itself reports having "
                 "accepted (heartbeat 'processed'). Task counters and latencies undercount."
             ),
         ),
+        Alert(
+            name="CeleryTaskLost",
+            expr=f"{_counted_in_window(q, 'celery_task_lost_total', s.lost_window)} > 0",
+            for_=s.lost_for,
+            severity="warning",
+            summary="Tasks {{ $labels.name }} died with worker {{ $labels.hostname }}.",
+            description=(
+                "{{ $labels.hostname }} was lost or went offline holding unfinished "
+                "{{ $labels.name }} tasks (queue {{ $labels.queue_name }}): "
+                f"{{{{ $value | humanize }}}} in the last {s.lost_window}. Without acks_late "
+                "they are gone; with it they are redelivered after visibility_timeout."
+            ),
+        ),
+        Alert(
+            name="CeleryTaskRedelivered",
+            expr=(
+                f"{_counted_in_window(q, 'celery_task_redelivered_total', s.redelivered_window)}"
+                " > 0"
+            ),
+            for_=s.redelivered_for,
+            severity="warning",
+            summary="Tasks {{ $labels.name }} were delivered twice: duplicate runs.",
+            description=(
+                "{{ $labels.hostname }} received {{ $value | humanize }} {{ $labels.name }} "
+                "tasks (queue {{ $labels.queue_name }}) a second time in the last "
+                f"{s.redelivered_window}: a worker crashed holding them, or they ran longer "
+                "than visibility_timeout. Unless the task is idempotent, its effect happened "
+                "twice."
+            ),
+        ),
+        *_running_too_long(s, q),
+        *_periodic_missed(s, q),
     ]
 
 
-def _queue_alerts(s: AlertSettings) -> list[Alert]:
+def _per_label(label: str, cases: list[tuple[str, str]], default: str) -> str:
+    """A template that picks the text for ``$labels.<label>``: generated if/else if chain."""
+    if not cases:
+        return default
+    chain = "".join(
+        f'{{{{ {"if" if i == 0 else "else if"} eq $labels.{label} "{value}" }}}}{text}'
+        for i, (value, text) in enumerate(cases)
+    )
+    return f"{chain}{{{{ else }}}}{default}{{{{ end }}}}"
+
+
+def _running_too_long(s: AlertSettings, q: PromQL) -> list[Alert]:
+    """Each listed task against its own limit, every other task against the default."""
+    metric = "celery_task_oldest_running_age_seconds"
+    limits = s.running_too_long_per_task
+    branches = [
+        f"{q.one(q.sel(metric, one_of('name', [task])))} > {seconds:g}"
+        for task, seconds in limits.items()
+    ]
+    others = [f'name!="{task}"' for task in limits]
+    branches.append(f"{q.one(q.sel(metric, *others))} > {s.running_too_long_seconds:g}")
+    limit = _per_label(
+        "name",
+        [(task, f"{sec:g}s") for task, sec in limits.items()],
+        f"{s.running_too_long_seconds:g}s",
+    )
+    return [
+        Alert(
+            name="CeleryTaskRunningTooLong",
+            expr="\nor\n".join(branches),
+            for_=s.running_too_long_for,
+            severity="warning",
+            summary="A {{ $labels.name }} task has been running too long.",
+            description=(
+                "The oldest running {{ $labels.name }} task (queue {{ $labels.queue_name }}) "
+                "started {{ $value | humanizeDuration }} ago; the limit for this task is "
+                f"{limit}. It is stuck, or waits on something that never answers."
+            ),
+        )
+    ]
+
+
+def _periodic_missed(s: AlertSettings, q: PromQL) -> list[Alert]:
+    """Each periodic task sent too long ago, or not at all within its interval.
+
+    The second kind fires when the series is absent for the whole interval
+    (``absent_over_time``), but only when this Prometheus scraped the exporter a full
+    interval ago and does now: a fresh Prometheus, or a stopped exporter (its own alert), does
+    not page for every periodic task. An exporter restart is safe too: the last sample before
+    it stays in the window, and the next run creates the series again.
+    """
+    if not s.periodic_tasks:
+        return []
+    metric = "celery_task_last_sent_timestamp_seconds"
+    up = q.sel("up", f'job="{s.exporter_job}"')
+    stale, absent = [], []
+    for task, seconds in s.periodic_tasks.items():
+        interval = f"{seconds:g}s"
+        selector = q.sel(metric, f'name="{task}"')
+        stale.append(f"time() - {q.one(selector)} > {seconds:g}")
+        absent.append(
+            expr(
+                f"""
+                (
+                  absent_over_time({selector}[{interval}])
+                  and on () max({up} offset {interval}) == 1
+                  and on () max({up}) == 1
+                )
+                """
+            )
+        )
+    interval = _per_label("name", [(t, f"{sec:g}s") for t, sec in s.periodic_tasks.items()], "")
+    return [
+        Alert(
+            name="CeleryPeriodicTaskMissed",
+            expr="\nor\n".join([*stale, *absent]),
+            for_=s.periodic_missed_for,
+            severity="warning",
+            summary="Periodic task {{ $labels.name }} was not sent in time.",
+            description=(
+                "{{ $labels.name }} {{ if gt $value 1.0 }}was last sent "
+                "{{ $value | humanizeDuration }} ago{{ else }}was not sent at all while the "
+                f"exporter watched{{{{ end }}}}; it must be sent at least every {interval}. "
+                "Celery beat is down or stuck, or the task left its schedule."
+            ),
+        )
+    ]
+
+
+def _queue_alerts(s: AlertSettings, q: PromQL) -> list[Alert]:
+    length = q.one(q.sel("celery_queue_length"))
     return [
         Alert(
             name="CeleryQueueBacklogGrowing",
-            expr=_expr(
+            expr=expr(
                 f"""
-                celery_queue_length > {s.backlog_min_length}
+                {length} > {s.backlog_min_length}
                 and
-                deriv(celery_queue_length[{s.backlog_window}]) > 0
+                {q.one(f"deriv({q.sel('celery_queue_length')}[{s.backlog_window}])")} > 0
                 """
             ),
             for_=s.backlog_for,
@@ -196,7 +253,10 @@ def _queue_alerts(s: AlertSettings) -> list[Alert]:
         ),
         Alert(
             name="CeleryQueueOldestMessageTooOld",
-            expr=f"celery_queue_oldest_message_age_seconds > {s.oldest_message_age_seconds:g}",
+            expr=(
+                f"{q.one(q.sel('celery_queue_oldest_message_age_seconds'))} "
+                f"> {s.oldest_message_age_seconds:g}"
+            ),
             for_=s.oldest_message_for,
             severity="critical",
             summary="Messages in queue {{ $labels.queue_name }} wait longer than the SLO.",
@@ -208,13 +268,7 @@ def _queue_alerts(s: AlertSettings) -> list[Alert]:
         ),
         Alert(
             name="CeleryQueueNoConsumers",
-            expr=_expr(
-                """
-                celery_queue_length > 0
-                and
-                celery_active_consumer_count == 0
-                """
-            ),
+            expr=f"{length} > 0\nand\n{q.one(q.sel('celery_active_consumer_count'))} == 0",
             for_=s.no_consumers_for,
             severity="critical",
             summary="Queue {{ $labels.queue_name }} has messages but no consumer.",
@@ -224,51 +278,95 @@ def _queue_alerts(s: AlertSettings) -> list[Alert]:
             ),
         ),
         Alert(
-            name="CeleryUnackedDeliveryStale",
-            expr=_expr(
+            name="CeleryQueueDrainTimeTooLong",
+            expr=f"{q.sel(DRAIN_TIME)} > {s.drain_time_seconds:g}",
+            for_=s.drain_time_for,
+            severity="warning",
+            summary="Queue {{ $labels.queue_name }} will not drain in time.",
+            description=(
+                "At the rate its workers started tasks over the last 5m, the backlog of queue "
+                "{{ $labels.queue_name }} {{ if gt $value 1e+300 }}never drains: nothing "
+                "consumed it{{ else }}takes {{ $value | humanizeDuration }} to drain{{ end }} "
+                f"(threshold {s.drain_time_seconds:g}s). New tasks wait at least that long."
+            ),
+        ),
+        Alert(
+            name="CeleryQueueConsumersSaturated",
+            expr=expr(
                 f"""
-                celery_broker_unacked_oldest_age_seconds
-                > {s.unacked_visibility_fraction:g} * celery_broker_visibility_timeout_seconds
+                {q.sel(UTILISATION)} >= {s.saturation_ratio:g}
+                and
+                {q.one(f"deriv({q.sel('celery_queue_length')}[{s.saturation_window}])")} > 0
+                and
+                {length} > 0
+                """
+            ),
+            for_=s.saturation_for,
+            severity="warning",
+            summary="The workers of queue {{ $labels.queue_name }} are saturated.",
+            description=(
+                "The workers consuming queue {{ $labels.queue_name }} use "
+                "{{ $value | humanizePercentage }} of their pool slots (threshold "
+                f"{pct(s.saturation_ratio)}) and its backlog grew over the last "
+                f"{s.saturation_window}: only more workers or concurrency drain it."
+            ),
+        ),
+        Alert(
+            name="CeleryUnackedDeliveryStale",
+            expr=expr(
+                f"""
+                {q.one(q.sel("celery_broker_unacked_oldest_age_seconds"))}
+                > {s.unacked_visibility_fraction:g}
+                  * {q.one(q.sel("celery_broker_visibility_timeout_seconds"))}
                 """
             ),
             for_=s.unacked_for,
             severity="warning",
             summary="An unacknowledged delivery is close to the visibility timeout.",
             description=(
-                "The oldest unacknowledged delivery on {{ $labels.instance }} is "
+                "The oldest unacknowledged delivery of {{ $labels.job }} is "
                 "{{ $value | humanizeDuration }} old, over "
-                f"{_pct(s.unacked_visibility_fraction)} of visibility_timeout"
-                "{{ with printf `celery_broker_visibility_timeout_seconds{instance='%s'}` "
-                "$labels.instance | query }} ({{ . | first | value | humanizeDuration }})"
+                f"{pct(s.unacked_visibility_fraction)} of visibility_timeout"
+                "{{ with printf `max(celery_broker_visibility_timeout_seconds{job='%s'})` "
+                "$labels.job | query }} ({{ . | first | value | humanizeDuration }})"
                 "{{ end }}. At the timeout Redis redelivers it and the task runs twice."
             ),
         ),
     ]
 
 
-def _worker_alerts(s: AlertSettings) -> list[Alert]:
+def _worker_alerts(s: AlertSettings, q: PromQL) -> list[Alert]:
     return [
         Alert(
+            # Only `lost`: a worker that said goodbye (offline: scale-down, deploy) never
+            # alerts, and a `busy` one is working (CeleryTaskRunningTooLong watches that).
             name="CeleryWorkerDown",
-            expr="celery_worker_up == 0",
+            # busy alerts too: a worker that went silent mid-task may be dead with it (an
+            # OOM kill of a threads pool); the state label says what the exporter saw.
+            expr=q.worker_state("lost", "busy"),
             for_=s.worker_down_for,
             severity="warning",
-            summary="Celery worker {{ $labels.hostname }} is down.",
+            summary="Celery worker {{ $labels.hostname }} stopped heartbeating.",
             description=(
-                "Worker {{ $labels.hostname }} sent no heartbeat within the exporter's worker "
-                "timeout (or went offline)"
-                "{{ with printf `time() - celery_worker_last_heartbeat_timestamp_seconds"
-                "{hostname='%s'}` $labels.hostname | query }}; last heard "
+                "Worker {{ $labels.hostname }} stopped heartbeating without a worker-offline "
+                "goodbye (killed, OOM, node lost)"
+                "{{ with printf `time() - max(celery_worker_last_heartbeat_timestamp_seconds"
+                "{hostname='%s'})` $labels.hostname | query }}; last heard "
                 "{{ . | first | value | humanizeDuration }} ago{{ end }}."
+                "{{ with printf `max(celery_worker_state{hostname='%s',state='busy'}) == 1` "
+                "$labels.hostname | query }} It went silent while running a task it was seen "
+                "to start (state busy): a threads or gevent pool whose task holds the loop "
+                "stops heartbeating while it works.{{ end }}"
             ),
         ),
         Alert(
+            # min: one replica with evidence of tasks without events is enough.
             name="CeleryWorkerTaskEventsMissing",
-            expr=_expr(
-                """
-                celery_worker_sends_task_events == 0
+            expr=expr(
+                f"""
+                min without ({q.replicas}) ({q.sel("celery_worker_sends_task_events")}) == 0
                 and
-                celery_worker_up == 1
+                {q.one(q.sel("celery_worker_up"))} == 1
                 """
             ),
             for_=s.task_events_missing_for,
@@ -283,24 +381,47 @@ def _worker_alerts(s: AlertSettings) -> list[Alert]:
     ]
 
 
-def _exporter_alerts(s: AlertSettings) -> list[Alert]:
-    job = s.exporter_job
+def _exporter_availability(s: AlertSettings, q: PromQL) -> list[Alert]:
+    """With replicas, one replica down is not blindness: it warns; all of them down pages."""
+    up = q.sel("up", f'job="{s.exporter_job}"')
     return [
         Alert(
             name="CeleryExporterDown",
-            expr=f'up{{job="{job}"}} == 0 or absent(up{{job="{job}"}})',
+            expr=f"{q.one(up)} == 0\nor\nabsent({up})",
             for_=s.exporter_down_for,
             severity="critical",
             summary="The Celery exporter is down: every Celery alert is blind.",
             description=(
-                "{{ if $labels.instance }}Prometheus cannot scrape the Celery exporter "
-                f'{{{{ $labels.instance }}}} (job="{job}").{{{{ else }}}}Prometheus has no '
-                f'target of job="{job}" at all.{{{{ end }}}}'
+                "{{ if eq $value 0.0 }}Prometheus cannot scrape any target of "
+                f'job="{s.exporter_job}"'
+                "{{ with printf `up{job='%s'} == 0` $labels.job | query }} ("
+                "{{ range $i, $s := . }}{{ if $i }}, {{ end }}{{ $s.Labels.instance }}{{ end }})"
+                "{{ end }}."
+                f'{{{{ else }}}}Prometheus has no target of job="{s.exporter_job}" at all.'
+                "{{ end }}"
             ),
         ),
         Alert(
+            name="CeleryExporterReplicaDown",
+            expr=f"{up} == 0\nand ignoring ({q.replicas})\n{q.one(up)} == 1",
+            for_=s.exporter_replica_down_for,
+            severity="warning",
+            summary="One Celery exporter replica is down; the others still see everything.",
+            description=(
+                "Prometheus cannot scrape exporter {{ $labels.instance }} "
+                f'(job="{s.exporter_job}") while another replica answers: the alerts still '
+                "work, but one more failure blinds them."
+            ),
+        ),
+    ]
+
+
+def _exporter_alerts(s: AlertSettings, q: PromQL) -> list[Alert]:
+    return [
+        *_exporter_availability(s, q),
+        Alert(
             name="CeleryBrokerUnreachable",
-            expr="celery_exporter_broker_up == 0",
+            expr=f"{q.sel('celery_exporter_broker_up')} == 0",
             for_=s.broker_down_for,
             severity="critical",
             summary="The Celery exporter cannot reach the broker.",
@@ -311,16 +432,16 @@ def _exporter_alerts(s: AlertSettings) -> list[Alert]:
         ),
         Alert(
             name="CeleryEventsNotArriving",
-            expr=_expr(
+            expr=expr(
                 f"""
                 (
-                  sum by (job, instance) (rate(celery_exporter_events_total[{s.events_window}]))
+                  sum by (job, instance) (rate({q.sel("celery_exporter_events_total")}[{s.events_window}]))
                   or
-                  sum by (job, instance) (celery_active_consumer_count) * 0
+                  sum by (job, instance) ({q.sel("celery_active_consumer_count")}) * 0
                 ) == 0
                 and on (job, instance)
-                sum by (job, instance) (celery_active_consumer_count) > 0
-                """
+                sum by (job, instance) ({q.sel("celery_active_consumer_count")}) > 0
+                """  # noqa: E501 - PromQL reads best on one line here
             ),
             for_=s.events_for,
             severity="warning",
@@ -333,7 +454,10 @@ def _exporter_alerts(s: AlertSettings) -> list[Alert]:
         ),
         Alert(
             name="CeleryExporterDroppingEvents",
-            expr=f"increase(celery_exporter_events_dropped_total[{s.events_dropped_window}]) > 0",
+            expr=(
+                f"increase({q.sel('celery_exporter_events_dropped_total')}"
+                f"[{s.events_dropped_window}]) > 0"
+            ),
             for_=s.events_dropped_for,
             severity="warning",
             summary="The Celery exporter drops events: it cannot keep up.",
@@ -344,7 +468,10 @@ def _exporter_alerts(s: AlertSettings) -> list[Alert]:
         ),
         Alert(
             name="CeleryBrokerPollStale",
-            expr=f"celery_exporter_broker_poll_age_seconds > {s.broker_poll_stale_seconds:g}",
+            expr=(
+                f"{q.sel('celery_exporter_broker_poll_age_seconds')} "
+                f"> {s.broker_poll_stale_seconds:g}"
+            ),
             for_=s.broker_poll_stale_for,
             severity="warning",
             summary="Queue figures from the Celery exporter are stale.",
@@ -359,25 +486,37 @@ def _exporter_alerts(s: AlertSettings) -> list[Alert]:
 
 
 def alerts(settings: AlertSettings) -> list[Alert]:
-    """Every alert, in the order of the generated file."""
+    """Every alerting rule, in the order of the generated file."""
+    q = PromQL(settings)
     return [
-        *_task_alerts(settings),
-        *_queue_alerts(settings),
-        *_worker_alerts(settings),
-        *_exporter_alerts(settings),
+        *_task_alerts(settings, q),
+        *_queue_alerts(settings, q),
+        *_worker_alerts(settings, q),
+        *_exporter_alerts(settings, q),
+        *slo.burn_alerts(settings),
     ]
 
 
+def alert_names(settings: AlertSettings) -> list[str]:
+    """Each alert name once (several rules may share one), in file order."""
+    return list(dict.fromkeys(alert.name for alert in alerts(settings)))
+
+
 def rule_groups(settings: AlertSettings) -> dict[str, Any]:
-    """The whole rules file as a dict (``groups:`` with a recording and an alerting group)."""
+    """The whole rules file: recording, SLO (short and long windows) and alerting groups."""
     interval = {"interval": settings.evaluation_interval} if settings.evaluation_interval else {}
-    return {
-        "groups": [
-            {"name": RECORDING_GROUP, **interval, "rules": recording_rules()},
-            {
-                "name": ALERTING_GROUP,
-                **interval,
-                "rules": [alert.to_rule(settings.runbook_base_url) for alert in alerts(settings)],
-            },
-        ]
-    }
+    slo_short, slo_long = slo.recording_groups(settings)
+    groups = [{"name": RECORDING_GROUP, **interval, "rules": recording_rules(settings)}]
+    if slo_short:
+        groups.append({"name": slo.SLO_GROUP, **interval, "rules": slo_short})
+        groups.append(
+            {"name": slo.SLO_LONG_GROUP, "interval": settings.slo_long_interval, "rules": slo_long}
+        )
+    groups.append(
+        {
+            "name": ALERTING_GROUP,
+            **interval,
+            "rules": [alert.to_rule(settings.runbook_base_url) for alert in alerts(settings)],
+        }
+    )
+    return {"groups": groups}

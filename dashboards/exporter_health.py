@@ -1,16 +1,23 @@
-"""The *Celery exporter health* dashboard: can the numbers on the other two be trusted?"""
+"""The *Celery exporter health* dashboard: can the numbers on the other two be trusted?
+
+Every panel is per exporter process (``by (instance)``): with two replicas each one shows
+its own ingest, polls and cost, and a sum across them would count every event twice.
+"""
 
 from __future__ import annotations
 
 from grafanalib.core import Dashboard
 
-from alerts.configs import EXPORTER_JOB
 from alerts.settings import DEFAULTS
-from dashboards.panels import dashboard, state_timeline, table, target, timeseries
+from dashboards.panels import RI, dashboard, sel, state_timeline, table, target, timeseries
 
 UID = "celery-exporter-health"
-RI = "$__rate_interval"
-JOB = f'job="{EXPORTER_JOB}"'
+
+
+def per_instance(metric: str, *labels: str, fn: str = "rate") -> str:
+    """``sum by (instance, labels) (fn(metric[$__rate_interval]))``, scoped."""
+    by = ", ".join(["instance", *labels])
+    return f"sum by ({by}) ({fn}({sel(metric)}[{RI}]))"
 
 
 def _events() -> list:
@@ -22,8 +29,8 @@ def _events() -> list:
             "workers run (CeleryEventsNotArriving).",
             [
                 target(
-                    f"sum by (type) (rate(celery_exporter_events_total[{RI}]))",
-                    legend="{{type}}",
+                    per_instance("celery_exporter_events_total", "type"),
+                    legend="{{instance}} {{type}}",
                 )
             ],
             unit="ops",
@@ -37,23 +44,45 @@ def _events() -> list:
             "0 — drops mean undercounted tasks.",
             [
                 target(
-                    f"sum by (reason) (rate(celery_exporter_events_rejected_total[{RI}]))",
-                    legend="rejected: {{reason}}",
+                    f"sum by (instance, reason) "
+                    f"(rate({sel('celery_exporter_events_rejected_total')}[{RI}]))",
+                    legend="{{instance}} rejected: {{reason}}",
                 ),
                 target(
-                    f"sum(rate(celery_exporter_events_dropped_total[{RI}]))",
-                    legend="dropped",
+                    per_instance("celery_exporter_events_dropped_total"),
+                    legend="{{instance}} dropped",
                 ),
             ],
             unit="ops",
             axis_label="messages/s",
         ),
         timeseries(
+            "Event source reconnects",
+            "Times the event subscription was re-established, by reason (closed, auth, "
+            "permission, protocol, timeout, error). Events published while it was down are "
+            "lost. Bad: any reconnect other than a rare 'closed' (a broker restart); 'auth' "
+            "or 'permission' means the exporter's Redis user or password changed.",
+            [
+                target(
+                    "sum by (instance, reason) (increase("
+                    f"{sel('celery_exporter_event_source_reconnects_total')}[{RI}]))",
+                    "{{instance}} {{reason}}",
+                )
+            ],
+            unit="short",
+            axis_label="reconnects",
+        ),
+        timeseries(
             "Event lag",
             "Now minus the timestamp of the newest event applied. Healthy: a few seconds "
             "(heartbeats every 2 s). Bad: growing steadily — the exporter falls behind, or "
             "no events arrive.",
-            [target("max by (instance) (celery_exporter_event_lag_seconds)", "{{instance}}")],
+            [
+                target(
+                    f"max by (instance) ({sel('celery_exporter_event_lag_seconds')})",
+                    "{{instance}}",
+                )
+            ],
             unit="s",
             axis_label="lag",
         ),
@@ -63,7 +92,7 @@ def _events() -> list:
             "--max-backlog-bytes, after which events are dropped.",
             [
                 target(
-                    "max by (instance) (celery_exporter_event_backlog_bytes)",
+                    f"max by (instance) ({sel('celery_exporter_event_backlog_bytes')})",
                     "{{instance}}",
                 )
             ],
@@ -81,9 +110,9 @@ def _broker() -> list:
             "broker with its event subscription up. Bad: any red band "
             "(CeleryExporterDown, CeleryBrokerUnreachable).",
             [
-                target(f"max by (instance) (up{{{JOB}}})", "scrape {{instance}}"),
+                target(f"max by (instance) ({sel('up')})", "scrape {{instance}}"),
                 target(
-                    "max by (instance) (celery_exporter_broker_up)",
+                    f"max by (instance) ({sel('celery_exporter_broker_up')})",
                     "broker {{instance}}",
                 ),
             ],
@@ -95,7 +124,7 @@ def _broker() -> list:
             f"({DEFAULTS.broker_poll_stale_seconds:g}s, CeleryBrokerPollStale).",
             [
                 target(
-                    "max by (instance) (celery_exporter_broker_poll_age_seconds)",
+                    f"max by (instance) ({sel('celery_exporter_broker_poll_age_seconds')})",
                     "{{instance}}",
                 )
             ],
@@ -112,7 +141,7 @@ def _memory_and_cost() -> list:
             "Tracked tasks",
             "Tasks held in the exporter's task index (to label later events). Bad: flat at "
             "--max-tracked-tasks: the index is full and evicts.",
-            [target("max by (instance) (celery_exporter_tracked_tasks)", "{{instance}}")],
+            [target(f"max by (instance) ({sel('celery_exporter_tracked_tasks')})", "{{instance}}")],
             unit="short",
             axis_label="tasks",
         ),
@@ -122,7 +151,8 @@ def _memory_and_cost() -> list:
             "evicted tasks lose their queue and queue-wait.",
             [
                 target(
-                    f"sum by (instance) (rate(celery_exporter_tracked_tasks_evicted_total[{RI}]))",
+                    "sum by (instance) "
+                    f"(rate({sel('celery_exporter_tracked_tasks_evicted_total')}[{RI}]))",
                     "{{instance}}",
                 )
             ],
@@ -136,8 +166,8 @@ def _memory_and_cost() -> list:
             "raise the cap or find the source of unbounded names.",
             [
                 target(
-                    f"sum by (label) (rate(celery_exporter_label_overflow_total[{RI}]))",
-                    "{{label}}",
+                    per_instance("celery_exporter_label_overflow_total", "label"),
+                    "{{instance}} {{label}}",
                 )
             ],
             unit="ops",
@@ -147,14 +177,14 @@ def _memory_and_cost() -> list:
             "Scrape duration",
             "How long Prometheus takes to scrape the exporter. Bad: approaching the scrape "
             "timeout (10 s by default), usually from too many series.",
-            [target(f"max by (instance) (scrape_duration_seconds{{{JOB}}})", "{{instance}}")],
+            [target(f"max by (instance) ({sel('scrape_duration_seconds')})", "{{instance}}")],
             unit="s",
             axis_label="duration",
         ),
         timeseries(
             "Series per scrape",
             "Samples in each scrape. Bad: growing without end (unbounded label values).",
-            [target(f"max by (instance) (scrape_samples_scraped{{{JOB}}})", "{{instance}}")],
+            [target(f"max by (instance) ({sel('scrape_samples_scraped')})", "{{instance}}")],
             unit="short",
             axis_label="samples",
         ),
@@ -162,7 +192,7 @@ def _memory_and_cost() -> list:
             "Exporter versions",
             "Version of each exporter and the Celery it was built with. Bad: different "
             "versions across replicas after a rollout.",
-            [target("celery_exporter_build_info", instant=True, table=True)],
+            [target(sel("celery_exporter_build_info"), instant=True, table=True)],
             unit="none",
         ),
     ]

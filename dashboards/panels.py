@@ -2,6 +2,12 @@
 
 Every panel queries the ``$datasource`` template variable, carries a unit and a description
 that says what "bad" looks like; the tests check all three on the generated JSON.
+
+Every dashboard has the mixins' ``cluster``, ``namespace``, ``job`` and ``instance``
+variables, and every query is scoped by them (:func:`sel` for raw series, :func:`rec` for
+recording rules, which have no ``instance``: they are deduplicated across exporter
+replicas). Queries over raw series take one replica first (:func:`one`) before summing, so
+two exporters watching one broker show the same numbers as one.
 """
 
 from __future__ import annotations
@@ -29,10 +35,39 @@ from grafanalib.core import (
     TimeSeries,
 )
 
+from alerts.settings import DEFAULTS
+
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RI = "$__rate_interval"
+REPLICAS = DEFAULTS.replica_labels
+# cluster and namespace are absent on many setups: their "All" is the regex .*, which also
+# matches a missing label. job and instance always exist; "All" is the list of their values.
+SCOPE = ('cluster=~"$cluster"', 'namespace=~"$namespace"', 'job=~"$job"')
+INSTANCE = 'instance=~"$instance"'
+SCOPE_METRIC = "celery_exporter_build_info"  # every exporter always serves it
 SCHEMA_VERSION = 37  # Grafana 9.x+; older or newer Grafana migrates on import
 WIDTH = 24  # Grafana's grid is 24 columns wide
 REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def sel(metric: str, *matchers: str) -> str:
+    """A raw series scoped by every dashboard variable: ``metric{matchers, cluster, ...}``."""
+    return f"{metric}{{{', '.join([*matchers, *SCOPE, INSTANCE])}}}"
+
+
+def rec(record: str, *matchers: str) -> str:
+    """A recording rule scoped by cluster, namespace and job (records carry no instance)."""
+    return f"{record}{{{', '.join([*matchers, *SCOPE])}}}"
+
+
+def one(expr: str) -> str:
+    """One series per replica group: ``max without (instance, pod) (expr)``."""
+    return f"max without ({REPLICAS}) ({expr})"
+
+
+def rate(metric: str, *matchers: str, fn: str = "rate", window: str = RI) -> str:
+    """The per-series rate (or increase) of a counter, one exporter replica counted."""
+    return one(f"{fn}({sel(metric, *matchers)}[{window}])")
 
 
 def target(expr: str, legend: str = "", instant: bool = False, table: bool = False) -> Target:
@@ -101,7 +136,9 @@ def stat(
     red_above: float | None = None,
     width: int = 6,
     height: int = 4,
+    steps: list[dict[str, Any]] | None = None,
 ) -> Stat:
+    """A big number; ``steps`` replaces the green/red-above thresholds."""
     return Stat(
         title=title,
         description=description,
@@ -113,7 +150,7 @@ def stat(
         graphMode="area",
         colorMode="value",
         color={"mode": "thresholds"},
-        thresholds=_steps(red_above),
+        thresholds=steps or _steps(red_above),
         gridPos=GridPos(h=height, w=width, x=0, y=0),
     )
 
@@ -146,8 +183,29 @@ def table(
     unit: str,
     width: int = 12,
     height: int = 8,
+    columns: Sequence[str] = (),
 ) -> Table:
-    """An instant-query table (one row per series), sorted by value, highest first."""
+    """An instant-query table (one row per series), sorted by value, highest first.
+
+    With several queries, ``columns`` names their value columns (in query order) and the rows
+    are merged on their common labels.
+    """
+    transformations: list[dict[str, Any]] = []
+    renames = {"Value": columns[0]} if len(columns) == 1 else {}
+    if len(targets) > 1:
+        transformations.append({"id": "merge", "options": {}})
+        renames = {f"Value #{ref}": name for ref, name in zip(REF_IDS, columns, strict=False)}
+    sort_field = columns[0] if columns else "Value"
+    transformations += [
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {"Time": True, "__name__": True},
+                "renameByName": renames,
+            },
+        },
+        {"id": "sortBy", "options": {"sort": [{"field": sort_field, "desc": True}]}},
+    ]
     return Table(
         title=title,
         description=description,
@@ -155,10 +213,38 @@ def table(
         targets=_with_ref_ids(targets),
         unit=unit,
         gridPos=GridPos(h=height, w=width, x=0, y=0),
-        transformations=[
-            {"id": "organize", "options": {"excludeByName": {"Time": True}}},
-            {"id": "sortBy", "options": {"sort": [{"field": "Value", "desc": True}]}},
-        ],
+        transformations=transformations,
+    )
+
+
+def state_map_timeline(
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    states: Sequence[tuple[int, str, str]],
+    width: int = 12,
+    height: int = 8,
+) -> StateTimeline:
+    """Bands coloured by a numeric state: ``states`` are (value, text, colour)."""
+    mappings = {str(value): {"text": text, "color": color, "index": i}
+                for i, (value, text, color) in enumerate(states)}  # fmt: skip
+    return StateTimeline(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        mergeValues=True,
+        showValue="auto",
+        gridPos=GridPos(h=height, w=width, x=0, y=0),
+        extraJson={
+            "fieldConfig": {
+                "defaults": {
+                    "unit": "none",
+                    "color": {"mode": "thresholds"},
+                    "mappings": [{"type": "value", "options": mappings}],
+                }
+            }
+        },
     )
 
 
@@ -206,8 +292,9 @@ def heatmap(
     )  # fmt: skip
 
 
-def query_variable(name: str, label: str, query: str) -> Template:
-    """A multi-select ``label_values`` variable with "All" meaning the regex ``.*``."""
+def query_variable(name: str, label: str, query: str, all_value: str | None = ".*") -> Template:
+    """A multi-select ``label_values`` variable; "All" is ``all_value`` (the regex ``.*``),
+    or with ``None`` the alternation of every value the query found."""
     variable = Template(
         name=name,
         label=label,
@@ -215,7 +302,7 @@ def query_variable(name: str, label: str, query: str) -> Template:
         dataSource=DATASOURCE,
         includeAll=True,
         multi=True,
-        allValue=".*",
+        allValue=all_value,
         refresh=REFRESH_ON_TIME_RANGE_CHANGE,
         sort=SORT_ALPHA_ASC,
     )
@@ -226,6 +313,22 @@ def query_variable(name: str, label: str, query: str) -> Template:
 
 def datasource_variable() -> Template:
     return Template(name="datasource", label="Data source", query="prometheus", type="datasource")
+
+
+def scope_variables() -> list[Template]:
+    """cluster, namespace, job, instance: each narrows the next one's values."""
+    scope: list[str] = []
+    variables = []
+    for name, label, all_value in (
+        ("cluster", "Cluster", ".*"),
+        ("namespace", "Namespace", ".*"),
+        ("job", "Job", None),
+        ("instance", "Exporter", None),
+    ):
+        source = f"{SCOPE_METRIC}{{{', '.join(scope)}}}" if scope else SCOPE_METRIC
+        variables.append(query_variable(name, label, f"label_values({source}, {name})", all_value))
+        scope.append(f'{name}=~"${name}"')
+    return variables
 
 
 def layout(sections: Sequence[tuple[str, Sequence[Panel]]]) -> list[Panel]:
@@ -265,7 +368,7 @@ def dashboard(
         refresh="30s",
         graphTooltip=1,
         schemaVersion=SCHEMA_VERSION,
-        templating=Templating(list=[datasource_variable(), *variables]),
+        templating=Templating(list=[datasource_variable(), *scope_variables(), *variables]),
         links=[
             DashboardLink(
                 title="Celery dashboards",

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from grafanalib.core import Dashboard
 
-from alerts import rules
+from alerts import recording as rules
 from alerts.settings import DEFAULTS
-from dashboards.panels import dashboard, heatmap, query_variable, target, timeseries
+from dashboards.panels import (
+    dashboard,
+    heatmap,
+    query_variable,
+    rate,
+    rec,
+    sel,
+    target,
+    timeseries,
+)
 
 UID = "celery-task-detail"
-RI = "$__rate_interval"
-SEL = 'queue_name=~"$queue", name=~"$task"'
+QUEUE, TASK = 'queue_name=~"$queue"', 'name=~"$task"'
+SEL = (QUEUE, TASK)
+FAILURES = rate("celery_task_failed_total", *SEL, 'exception!=""')
 STATES = ("received", "started", "succeeded", "failed", "retried", "rejected", "revoked")
 
 
@@ -23,7 +33,7 @@ def _rates() -> list:
             "above 0.",
             [
                 target(
-                    f"sum by (name) (rate(celery_task_{state}_total{{{SEL}}}[{RI}]))",
+                    f"sum by (name) ({rate(f'celery_task_{state}_total', *SEL)})",
                     legend=f"{{{{name}}}} {state}",
                 )
                 for state in STATES
@@ -35,7 +45,7 @@ def _rates() -> list:
             "Failure ratio",
             "failed / (succeeded + failed) over 5m (recording rule). Bad: above the red "
             f"line ({DEFAULTS.failure_ratio:.0%}, the alert threshold).",
-            [target(f"{rules.FAILURE_RATIO}{{{SEL}}}", legend="{{name}} ({{queue_name}})")],
+            [target(rec(rules.FAILURE_RATIO, *SEL), legend="{{name}} ({{queue_name}})")],
             unit="percentunit",
             axis_label="failed / finished",
             red_above=DEFAULTS.failure_ratio,
@@ -46,8 +56,7 @@ def _rates() -> list:
             "class growing; `workload-dlq list` shows the tracebacks of final failures.",
             [
                 target(
-                    "sum by (name, exception) (rate(celery_task_failed_total"
-                    f'{{{SEL}, exception!=""}}[{RI}]))',
+                    f"sum by (name, exception) ({FAILURES})",
                     legend="{{name}}: {{exception}}",
                 )
             ],
@@ -60,7 +69,7 @@ def _rates() -> list:
             "failing dependency.",
             [
                 target(
-                    f"sum by (name) (rate(celery_task_retried_total{{{SEL}}}[{RI}]))",
+                    f"sum by (name) ({rate('celery_task_retried_total', *SEL)})",
                     legend="{{name}}",
                 )
             ],
@@ -73,7 +82,7 @@ def _rates() -> list:
             "(others idle or down), or a worker disappearing.",
             [
                 target(
-                    f"sum by (hostname) (rate(celery_task_started_total{{{SEL}}}[{RI}]))",
+                    f"sum by (hostname) ({rate('celery_task_started_total', *SEL)})",
                     legend="{{hostname}}",
                 )
             ],
@@ -91,7 +100,7 @@ def _latency() -> list:
             "or a second band appearing (a slow path, e.g. timeouts of a dependency).",
             [
                 target(
-                    f"sum by (le) (increase(celery_task_runtime_bucket{{{SEL}}}[{RI}]))",
+                    f"sum by (le) ({rate('celery_task_runtime_bucket', *SEL, fn='increase')})",
                     legend="{{le}}",
                 )
             ],
@@ -103,7 +112,8 @@ def _latency() -> list:
             "wait for workers.",
             [
                 target(
-                    f"sum by (le) (increase(celery_task_queue_wait_time_bucket{{{SEL}}}[{RI}]))",
+                    "sum by (le) "
+                    f"({rate('celery_task_queue_wait_time_bucket', *SEL, fn='increase')})",
                     legend="{{le}}",
                 )
             ],
@@ -113,7 +123,7 @@ def _latency() -> list:
             "Runtime p50 / p95 / p99",
             "Run time quantiles over 5m (recording rule). Bad: p99 growing toward the task's "
             "time limit or visibility_timeout.",
-            [target(f"{rules.RUNTIME_QUANTILE}{{{SEL}}}", legend="{{name}} p{{quantile}}")],
+            [target(rec(rules.RUNTIME_QUANTILE, *SEL), legend="{{name}} p{{quantile}}")],
             unit="s",
             axis_label="runtime",
         ),
@@ -121,7 +131,7 @@ def _latency() -> list:
             "Queue wait p50 / p95 / p99",
             "Queue wait quantiles over 5m (recording rule). Bad: above the oldest-message "
             f"SLO ({DEFAULTS.oldest_message_age_seconds:g}s, red line).",
-            [target(f"{rules.QUEUE_WAIT_QUANTILE}{{{SEL}}}", legend="{{name}} p{{quantile}}")],
+            [target(rec(rules.QUEUE_WAIT_QUANTILE, *SEL), legend="{{name}} p{{quantile}}")],
             unit="s",
             axis_label="wait",
             red_above=DEFAULTS.oldest_message_age_seconds,
@@ -138,12 +148,10 @@ def build() -> Dashboard:
         sections=[("Rates and failures", _rates()), ("Latency", _latency())],
         variables=[
             query_variable(
-                "queue", "Queue", "label_values(celery_task_received_total, queue_name)"
+                "queue", "Queue", f"label_values({sel('celery_task_received_total')}, queue_name)"
             ),
             query_variable(
-                "task",
-                "Task",
-                'label_values(celery_task_received_total{queue_name=~"$queue"}, name)',
+                "task", "Task", f"label_values({sel('celery_task_received_total', QUEUE)}, name)"
             ),
         ],
     )

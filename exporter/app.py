@@ -23,13 +23,16 @@ from exporter import __version__, broker
 from exporter.collector import ObservatoryCollector, ScrapeView, SourceStatus, families, gather
 from exporter.config import Config
 from exporter.exposition import CONTENT_TYPE, TextRenderer
-from exporter.http import Endpoints, ExporterApp, HttpServer, RequestPriority
+from exporter.http import Endpoints, ExporterApp, RequestPriority, reload_web_config
+from exporter.httpserver import HttpServer
 from exporter.inspector import InspectorThread, InspectView
 from exporter.logs import mask_url
+from exporter.negotiate import OPENMETRICS, TEXT
 from exporter.poller import AmqpBrokerPoller, PollerThread, RedisBrokerPoller
 from exporter.sources.celery_receiver import ReceiverEventSource
 from exporter.sources.redis_pubsub import RedisEventSource
-from exporter.state import UNKNOWN, State
+from exporter.state import UNKNOWN, State, merge_pools
+from exporter.status import status_document
 from exporter.webconfig import WebConfig
 
 log = structlog.get_logger(__name__)
@@ -141,19 +144,19 @@ class Exporter:
         # (bench/RESULTS.md, "Scrape latency").
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         endpoints = Endpoints(
-            metrics_text=self.render_text,
-            metrics_openmetrics=lambda: openmetrics.exposition.generate_latest(self.registry),
-            openmetrics_content_type=openmetrics.exposition.CONTENT_TYPE_LATEST,
-            text_content_type=CONTENT_TYPE,
+            metrics=self.render,
+            content_types={
+                OPENMETRICS: openmetrics.exposition.CONTENT_TYPE_LATEST,
+                TEXT: CONTENT_TYPE,
+            },
             status=self.status,
             ready=self.ready,
             index_html=resources.files("exporter").joinpath("static/index.html").read_bytes(),
         )
         self.http = HttpServer(
-            ExporterApp(endpoints, self.web),
+            ExporterApp(endpoints, self.web, RequestPriority(self.source.yield_to_requests)),
             self.config.listen_address,
-            self.web.ssl_context,
-            RequestPriority(self.source.yield_to_requests),
+            self.config.http_limits,
         )
         self._rebuild_index()
         self.source.start()
@@ -187,6 +190,12 @@ class Exporter:
         log.error(message)
         sys.stderr.flush()
         os._exit(1)
+
+    def reload_web_config(self) -> None:
+        """SIGHUP: re-read --web.config-file; new connections use it (one log line)."""
+        self.web = reload_web_config(self.config.web_config_file, self.web)
+        if self.http is not None:
+            self.http.app.web = self.web
 
     def stop(self) -> None:
         """Stop every part at once and wait for them together, at most ``STOP_SECONDS``: an
@@ -237,19 +246,25 @@ class Exporter:
             )
 
     def _learn_queues(self, view: InspectView) -> None:
-        """Runs on the inspector thread: which queue each single-queue worker serves."""
+        """Runs on the inspector thread: which queue each single-queue worker serves, and
+        each worker's pool (both dicts are replaced whole, never mutated)."""
         self.state.worker_queue = {
             worker: queues[0] for worker, queues in view.queues_of.items() if len(queues) == 1
         }
+        self.state.pools = merge_pools(self.state.pools, view.pools)
 
     def _housekeeping(self) -> None:
         """Runs on the event thread (the state's owner) about once a second."""
-        self.state.flush_pending()
+        state = self.state
+        state.flush_pending()
         now = time.time()
+        state.check_workers(now)
         if now >= self._next_forget:
             self._next_forget = now + FORGET_CHECK_SECONDS
-            for host in self.state.forget_workers(now):
+            for host in state.forget_workers(now):
                 log.info("forgot worker", hostname=host)
+            for producer in state.forget_producers(now):
+                log.info("forgot producer", hostname=producer)
 
     def _enable_events_forever(self) -> None:
         while not self._stopping.is_set():
@@ -273,7 +288,15 @@ class Exporter:
             self.config.visibility_timeout,
             __version__,
             celery.__version__,
+            self.started_at,
+            http_rejected=self.http.rejected if self.http is not None else None,
         )
+
+    def render(self, fmt: str) -> bytes:
+        """The exposition in ``fmt`` (``"openmetrics"`` or ``"text"``, from Accept)."""
+        if fmt == OPENMETRICS:
+            return openmetrics.exposition.generate_latest(self.registry)
+        return self.render_text().encode()
 
     def render_text(self) -> str:
         # One render at a time: the label cache is shared, and concurrent scrapes of a
@@ -291,56 +314,6 @@ class Exporter:
         return broker.up and self.source.subscribed, detail
 
     def status(self) -> dict[str, Any]:
-        """The status page's data: a small JSON view of the same snapshot."""
+        """The status page's data, read off the same families /metrics renders."""
         view = self.view()
-        return status_document(view, self.started_at)
-
-
-def status_document(view: ScrapeView, started_at: float) -> dict[str, Any]:
-    snap, broker, inspect = view.state, view.broker, view.inspect
-    totals = {kind.removeprefix("task-"): sum(c.values()) for kind, c in snap.counters.items()}
-    queues = [
-        {
-            "name": name,
-            "length": length,
-            "oldest_age_seconds": broker.oldest_age.get(name, 0.0),
-            # Same rule as /metrics: after an inspect, a queue no worker consumes has 0.
-            "consumers": broker.consumers.get(name, inspect.workers.get(name, 0))
-            if (broker.consumers or inspect.at is not None)
-            else None,
-        }
-        for name, length in sorted(broker.lengths.items())
-    ]
-    workers = [
-        {
-            "hostname": host,
-            "up": view.worker_up[host],
-            "active": worker.active if view.worker_up[host] else 0,
-            "processed": worker.processed,
-            "last_heartbeat_age_seconds": max(0.0, snap.now - worker.last_seen),
-            "sends_task_events": worker.sends_task_events,
-        }
-        for host, worker in sorted(snap.workers.items())
-    ]
-    return {
-        "now": snap.now,
-        "uptime_seconds": snap.now - started_at,
-        "broker_up": bool(broker.up and view.source.subscribed),
-        "broker_poll_age_seconds": None
-        if broker.polled_at is None
-        else snap.now - broker.polled_at,
-        "event_lag_seconds": None
-        if snap.newest_event is None
-        else max(0.0, snap.now - snap.newest_event),
-        "events_total": sum(snap.events.values()),
-        "events_rejected_total": sum(snap.rejected.values()),
-        "events_dropped_total": view.source.dropped,
-        "tracked_tasks": snap.tracked,
-        "unacked": broker.unacked,
-        "unacked_oldest_age_seconds": broker.unacked_oldest_age,
-        "visibility_timeout_seconds": view.visibility_timeout,
-        "totals": totals,
-        "queues": queues,
-        "workers": workers,
-        "version": view.version,
-    }
+        return status_document(families(view), view.state.now, self.started_at)

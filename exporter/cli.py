@@ -15,6 +15,7 @@ import structlog
 
 from exporter import __version__
 from exporter.config import Config, ConfigError
+from exporter.httpserver import Limits
 from exporter.logs import configure_logging, mask_secrets
 from exporter.state import Options
 from exporter.webconfig import WebConfigError, load_web_config
@@ -201,6 +202,21 @@ OPTIONS = Options()
     help="exporter-toolkit web config (YAML) for TLS and basic auth.",
 )
 @option(
+    "--web.max-connections",
+    "max_connections",
+    type=click.IntRange(min=1),
+    default=CONFIG.http_limits.max_connections,
+    help="Open connections served at once (kept below the file-descriptor limit); past it "
+    "new ones are closed, counted and logged.",
+)
+@option(
+    "--web.read-header-timeout",
+    "read_header_timeout",
+    type=click.FloatRange(min=0.1),
+    default=CONFIG.http_limits.header_timeout,
+    help="Seconds a client has to send its request head (TLS handshake included).",
+)
+@option(
     "-Q",
     "--queues",
     default="",
@@ -251,8 +267,9 @@ OPTIONS = Options()
     peer=True,
     show_default="3 heartbeat intervals",
     help="Seconds without a heartbeat before a worker counts as down (celery_worker_up 0, "
-    "state lost); 0: never. A solo-pool worker sends no heartbeat while it runs a task: "
-    "the exporter shows it 'busy', not lost, when inspect reports its pool.",
+    "state lost); 0: never. A solo-pool worker sends nothing, not even its task events, "
+    "while a task runs: give it a timeout longer than its longest task. Where the exporter "
+    "saw the task start (threads, gevent, eventlet pools) it shows the worker 'busy'.",
 )
 @option(
     "--worker-forget-after",
@@ -512,6 +529,9 @@ def build_config(flags: dict[str, Any]) -> Config:
         broker_url=flags["broker_url"] or CONFIG.broker_url,
         listen_address=_listen_address(flags),
         web_config_file=flags["web_config_file"],
+        http_limits=Limits(
+            max_connections=flags["max_connections"], header_timeout=flags["read_header_timeout"]
+        ),
         queues=flags["queues"],
         broker_poll_interval=flags["broker_poll_interval"],
         retry_interval=flags["retry_interval"],
@@ -545,6 +565,7 @@ def run(config: Config, web: Any) -> None:
     from exporter.app import Exporter  # imported late: --help must not pay for Celery
 
     exporter = Exporter(config, web)
+    signal.signal(signal.SIGHUP, lambda *_: exporter.reload_web_config())
     try:
         exporter.start()
     except OSError as exc:

@@ -23,28 +23,21 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import metrics as m
+from exporter.decode import DECODE_REJECT_REASONS
 from exporter.inspector import InspectView
 from exporter.poller import BrokerView
-from exporter.state import Snapshot, State
-
-REJECT_REASONS = (
-    "oversized",
-    "malformed_envelope",
-    "content_type",
-    "body_encoding",
-    "malformed_body",
-    "unknown_type",
-    "invalid_not_an_object",
-    "invalid_hostname",
-    "invalid_timestamp",
-    "invalid_uuid",
-    "invalid_name",
-    "invalid_queue",
-    "invalid_eta",
-    "invalid_runtime",
-    "internal_error",
+from exporter.state import (
+    CHECKED_FIELDS,
+    EVENT_REJECT_REASONS,
+    TASK_LOST,
+    TASK_REDELIVERED,
+    Snapshot,
+    State,
 )
-GUARDED_LABELS = ("name", "hostname", "queue_name", "exception")
+from exporter.workers import STATES
+
+REJECT_REASONS = (*DECODE_REJECT_REASONS, *EVENT_REJECT_REASONS)
+GUARDED_LABELS = ("name", "hostname", "producer", "queue_name", "exception", "series")
 
 # (label values, value) for counters and gauges; (label values, cumulative bucket counts
 # ending with +Inf, sum) for histograms.
@@ -84,12 +77,36 @@ class ScrapeView:
     broker: BrokerView
     inspect: InspectView
     source: SourceStatus
-    worker_up: dict[str, bool]
     visibility_timeout: float
     runtime_buckets: tuple[float, ...]
     queue_wait_buckets: tuple[float, ...]
     version: str
     celery_version: str
+    started_at: float = 0.0
+    http_rejected: Mapping[str, int] = field(default_factory=dict)
+
+    def worker_up(self, host: str) -> bool:
+        return self.state.worker_states[host] == "online"
+
+
+class Always(Mapping[tuple[str, ...], float]):
+    """A ``created`` mapping that gives one time for every label set (the exporter's own
+    counters, which exist from the start)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __getitem__(self, key: tuple[str, ...]) -> float:
+        return self.value
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def get(self, key: object, default: Any = None) -> float:  # type: ignore[override]
+        return self.value
 
 
 def gather(
@@ -100,19 +117,21 @@ def gather(
     visibility_timeout: float,
     version: str,
     celery_version: str,
+    started_at: float = 0.0,
+    http_rejected: Mapping[str, int] | None = None,
 ) -> ScrapeView:
-    snap = state.snapshot()
     return ScrapeView(
-        state=snap,
+        state=state.snapshot(),
         broker=broker,
         inspect=inspect,
         source=source,
-        worker_up={h: state.worker_up(w, snap.now) for h, w in snap.workers.items()},
         visibility_timeout=visibility_timeout,
         runtime_buckets=state.options.runtime_buckets,
         queue_wait_buckets=state.options.queue_wait_buckets,
         version=version,
         celery_version=celery_version,
+        started_at=started_at,
+        http_rejected=dict(http_rejected or {}),
     )
 
 
@@ -128,20 +147,40 @@ def _cumulative(table: dict[tuple[str, ...], tuple[list[int], float]]) -> Iterat
 
 def _task_families(view: ScrapeView) -> Iterator[Family]:
     snap = view.state
+    created = snap.created
     for kind, metric in m.TASK_EVENT_COUNTERS.items():
-        yield Family(metric, snap.counters[kind].items())
-    yield Family(m.TASK_PROCESSED, snap.processed.items())
-    yield Family(m.TASK_RUNTIME, _cumulative(snap.runtime), view.runtime_buckets)
-    yield Family(m.TASK_QUEUE_WAIT, _cumulative(snap.queue_wait), view.queue_wait_buckets)
+        yield Family(metric, snap.counters[kind].items(), created=created)
+    yield Family(m.TASK_LOST, snap.counters[TASK_LOST].items(), created=created)
+    yield Family(m.TASK_REDELIVERED, snap.counters[TASK_REDELIVERED].items(), created=created)
+    yield Family(m.TASK_PROCESSED, snap.processed.items(), created=created)
+    yield Family(m.TASK_RUNTIME, _cumulative(snap.runtime), view.runtime_buckets, created=created)
+    yield Family(
+        m.TASK_QUEUE_WAIT, _cumulative(snap.queue_wait), view.queue_wait_buckets, created=created
+    )
+    now = snap.now
+    yield Family(
+        m.TASK_OLDEST_RUNNING_AGE,
+        [(key, max(0.0, now - started)) for key, started in snap.oldest_running.items()],
+    )
+    yield Family(m.TASK_LAST_SENT, [((name,), ts) for name, ts in snap.last_sent.items()])
 
 
 def _worker_families(view: ScrapeView) -> Iterator[Family]:
-    workers = view.state.workers
-    up = view.worker_up
-    yield Family(m.WORKER_UP, [((h,), int(up[h])) for h in workers])
-    # A worker that is down runs nothing: its last heartbeat's count is stale.
+    snap = view.state
+    workers, states = snap.workers, snap.worker_states
+    yield Family(m.WORKER_UP, [((h,), int(states[h] == "online")) for h in workers])
     yield Family(
-        m.WORKER_TASKS_ACTIVE, [((h,), w.active if up[h] else 0) for h, w in workers.items()]
+        m.WORKER_STATE,
+        [((h, state), int(states[h] == state)) for h in workers for state in STATES],
+    )
+    # A worker that is not online runs nothing we can vouch for: its last count is stale.
+    yield Family(
+        m.WORKER_TASKS_ACTIVE,
+        [((h,), w.active if states[h] == "online" else 0) for h, w in workers.items()],
+    )
+    yield Family(
+        m.WORKER_POOL_SIZE,
+        [((h,), snap.pools[h].size) for h in workers if h in snap.pools],
     )
     yield Family(m.WORKER_LAST_HEARTBEAT, [((h,), w.last_seen) for h, w in workers.items()])
     yield Family(m.WORKER_PROCESSED, [((h,), w.processed) for h, w in workers.items()])
@@ -156,6 +195,11 @@ def _queue_families(view: ScrapeView) -> Iterator[Family]:
     queues = sorted(set(broker.lengths) | set(inspect.workers))
     yield Family(m.QUEUE_LENGTH, [((q,), n) for q, n in broker.lengths.items()])
     yield Family(m.QUEUE_OLDEST_AGE, [((q,), a) for q, a in broker.oldest_age.items()])
+    scheduled = view.state.scheduled
+    yield Family(
+        m.QUEUE_SCHEDULED,
+        [((q,), scheduled.get(q, 0)) for q in sorted(set(broker.lengths) | set(scheduled))],
+    )
     if broker.consumers:
         yield Family(m.QUEUE_CONSUMERS, [((q,), n) for q, n in broker.consumers.items()])
     elif inspect.at is not None:
@@ -171,10 +215,17 @@ def _queue_families(view: ScrapeView) -> Iterator[Family]:
 
 def _exporter_families(view: ScrapeView) -> Iterator[Family]:
     snap, broker, source = view.state, view.broker, view.source
-    yield Family(m.EXPORTER_EVENTS, [((t,), n) for t, n in sorted(snap.events.items())])
+    since_start = Always(view.started_at)
+    yield Family(
+        m.EXPORTER_EVENTS, [((t,), n) for t, n in sorted(snap.events.items())], created=since_start
+    )
     rejected = dict.fromkeys(REJECT_REASONS, 0) | snap.rejected
-    yield Family(m.EXPORTER_REJECTED, [((r,), n) for r, n in rejected.items()])
-    yield Family(m.EXPORTER_DROPPED, [((), source.dropped)])
+    yield Family(m.EXPORTER_REJECTED, [((r,), n) for r, n in rejected.items()], created=since_start)
+    invalid = dict.fromkeys(CHECKED_FIELDS, 0) | snap.invalid_fields
+    yield Family(
+        m.EXPORTER_INVALID_FIELDS, [((f,), n) for f, n in invalid.items()], created=since_start
+    )
+    yield Family(m.EXPORTER_DROPPED, [((), source.dropped)], created=since_start)
     yield Family(m.EXPORTER_BACKLOG, [((), source.backlog_bytes)])
     if snap.newest_event is not None:
         yield Family(m.EXPORTER_LAG, [((), max(0.0, snap.now - snap.newest_event))])
@@ -183,9 +234,19 @@ def _exporter_families(view: ScrapeView) -> Iterator[Family]:
     if broker.polled_at is not None:
         yield Family(m.EXPORTER_POLL_AGE, [((), max(0.0, snap.now - broker.polled_at))])
     yield Family(m.EXPORTER_TRACKED, [((), snap.tracked)])
-    yield Family(m.EXPORTER_EVICTED, [((), snap.evicted)])
+    yield Family(m.EXPORTER_EVICTED, [((), snap.evicted)], created=since_start)
     overflow = dict.fromkeys(GUARDED_LABELS, 0) | snap.overflow
-    yield Family(m.EXPORTER_OVERFLOW, [((label,), n) for label, n in overflow.items()])
+    yield Family(
+        m.EXPORTER_OVERFLOW,
+        [((label,), n) for label, n in overflow.items()],
+        created=since_start,
+    )
+    http_rejected = dict.fromkeys(m.HTTP_REJECT_REASONS, 0) | dict(view.http_rejected)
+    yield Family(
+        m.EXPORTER_HTTP_REJECTED,
+        [((r,), n) for r, n in http_rejected.items()],
+        created=since_start,
+    )
     yield Family(m.EXPORTER_BUILD, [((view.version, view.celery_version), 1)])
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter import broker
+from exporter.httpserver import Limits
 from exporter.state import Options
 
 REDIS_SCHEMES = broker.FAST_PATH_SCHEMES  # redis, rediss, sentinel
@@ -23,6 +24,7 @@ class Config:
     broker_url: str = "redis://localhost:6379/0"
     listen_address: str = ":9808"
     web_config_file: str | None = None
+    http_limits: Limits = field(default_factory=Limits)
     queues: tuple[str, ...] = ()
     broker_poll_interval: float = 5.0
     retry_interval: float = 0.0  # longest reconnect wait; 0: capped exponential backoff

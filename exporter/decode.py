@@ -24,6 +24,16 @@ _JSONDecodeError = orjson.JSONDecodeError
 _a2b_base64 = binascii.a2b_base64
 
 
+# Reasons a message is rejected before its events are read (the metric's reason label).
+DECODE_REJECT_REASONS = (
+    "oversized",
+    "malformed_envelope",
+    "content_type",
+    "body_encoding",
+    "malformed_body",
+)
+
+
 class Rejected(ValueError):
     """A message that cannot be applied; ``reason`` names the metric label."""
 

@@ -19,6 +19,7 @@ import structlog
 from celery import Celery
 
 from exporter.periodic import Periodic
+from exporter.workers import Pool, pool_kind
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,7 @@ class InspectView:
     workers: dict[str, int] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
     queues_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # worker -> its queues
+    pools: dict[str, Pool] = field(default_factory=dict)  # worker -> pool kind and size
 
 
 def summarize(active_queues: dict[str, Any], stats: dict[str, Any], now: float) -> InspectView:
@@ -38,9 +40,9 @@ def summarize(active_queues: dict[str, Any], stats: dict[str, Any], now: float) 
     workers: Counter[str] = Counter()
     processes: Counter[str] = Counter()
     queues_of: dict[str, tuple[str, ...]] = {}
+    pools = {worker: pool_of(reply) for worker, reply in (stats or {}).items()}
     for worker, queue_infos in (active_queues or {}).items():
-        pool = (stats or {}).get(worker, {}).get("pool", {}) if isinstance(stats, dict) else {}
-        size = pool.get("max-concurrency") or len(pool.get("processes", []) or [])
+        size = pools[worker].size if worker in pools else 0
         for info in queue_infos or []:
             name = info.get("name") if isinstance(info, dict) else None
             if isinstance(name, str):
@@ -48,8 +50,18 @@ def summarize(active_queues: dict[str, Any], stats: dict[str, Any], now: float) 
                 processes[name] += int(size or 0)
                 queues_of[worker] = (*queues_of.get(worker, ()), name)
     return InspectView(
-        at=now, workers=dict(workers), processes=dict(processes), queues_of=queues_of
+        at=now, workers=dict(workers), processes=dict(processes), queues_of=queues_of, pools=pools
     )
+
+
+def pool_of(stats: object) -> Pool:
+    """A worker's pool from its ``stats`` reply (``{"pool": {"implementation": ...,
+    "max-concurrency": n, "processes": [...]}}``); unknown parts are empty."""
+    pool = stats.get("pool") if isinstance(stats, dict) else None
+    if not isinstance(pool, dict):
+        return Pool("", 0)
+    size = pool.get("max-concurrency") or len(pool.get("processes") or [])
+    return Pool(pool_kind(pool.get("implementation")), size if isinstance(size, int) else 0)
 
 
 class InspectorThread(Periodic):

@@ -57,6 +57,20 @@ TASK_EVENT_COUNTERS: dict[str, Metric] = {
     "task-retried": _task_counter("retried", "Tasks that failed and will be retried."),
 }
 
+TASK_LOST = Metric(
+    "celery_task_lost_total",
+    "counter",
+    "Tasks received or started on a worker that was then lost (heartbeats stopped) or went "
+    "offline with the task unfinished; counted once per task.",
+    TASK_LABELS,
+)
+TASK_REDELIVERED = Metric(
+    "celery_task_redelivered_total",
+    "counter",
+    "A second task-received for one task id and attempt: a visibility-timeout or crash "
+    "redelivery, the cause of duplicate execution (a retry is a new attempt, not counted).",
+    TASK_LABELS,
+)
 TASK_PROCESSED = Metric(
     "celery_task_processed_total",
     "counter",
@@ -77,13 +91,43 @@ TASK_QUEUE_WAIT = Metric(
     TASK_LABELS,
 )
 
+TASK_OLDEST_RUNNING_AGE = Metric(
+    "celery_task_oldest_running_age_seconds",
+    "gauge",
+    "Age of the oldest task started and not finished, by task name and queue (absent when "
+    "none runs).",
+    ("name", "queue_name"),
+)
+TASK_LAST_SENT = Metric(
+    "celery_task_last_sent_timestamp_seconds",
+    "gauge",
+    "Unix time a task of this name was last sent (task-sent): a periodic task's dead-man switch.",
+    ("name",),
+)
+
 WORKER_UP = Metric(
     "celery_worker_up",
     "gauge",
-    "1 if the worker sent a heartbeat within the worker timeout, else 0 (kept at 0 for "
-    "--worker-forget-after so alerts can fire).",
+    "1 if the worker sent a heartbeat within the worker timeout, else 0 (also 0 once it "
+    "went offline; kept for --worker-forget-after). Alert on celery_worker_state instead.",
     ("hostname",),
     peer=True,
+)
+WORKER_STATE = Metric(
+    "celery_worker_state",
+    "gauge",
+    "1 for the worker's current state: online; offline (said goodbye: autoscale-down, "
+    "deploy; never alerts); lost (heartbeats stopped without a goodbye); busy (heartbeats "
+    "stopped while it runs a task it was seen to start, on a threads/gevent/eventlet pool: "
+    "working, or killed mid-task).",
+    ("hostname", "state"),
+)
+WORKER_POOL_SIZE = Metric(
+    "celery_worker_pool_size",
+    "gauge",
+    "The worker's pool concurrency, from the background inspect (utilisation = "
+    "celery_worker_tasks_active / this).",
+    ("hostname",),
 )
 WORKER_TASKS_ACTIVE = Metric(
     "celery_worker_tasks_active",
@@ -124,6 +168,13 @@ QUEUE_OLDEST_AGE = Metric(
     "celery_queue_oldest_message_age_seconds",
     "gauge",
     "Age of the oldest waiting message (0 when the queue is empty).",
+    ("queue_name",),
+)
+QUEUE_SCHEDULED = Metric(
+    "celery_queue_scheduled_messages",
+    "gauge",
+    "Tasks with a future ETA or countdown that a worker received and has not started: held "
+    "in worker memory, invisible to celery_queue_length.",
     ("queue_name",),
 )
 QUEUE_CONSUMERS = Metric(
@@ -176,6 +227,13 @@ EXPORTER_REJECTED = Metric(
     "Messages or events rejected without being applied, by reason.",
     ("reason",),
 )
+EXPORTER_INVALID_FIELDS = Metric(
+    "celery_exporter_event_fields_invalid_total",
+    "counter",
+    "Event fields out of range (a timestamp far ahead, freq, active, processed, runtime, "
+    "retries), clamped or ignored; the event itself still counts.",
+    ("field",),
+)
 EXPORTER_DROPPED = Metric(
     "celery_exporter_events_dropped_total",
     "counter",
@@ -221,8 +279,20 @@ EXPORTER_EVICTED = Metric(
 EXPORTER_OVERFLOW = Metric(
     "celery_exporter_label_overflow_total",
     "counter",
-    "Label values folded into 'other' because a cardinality cap was reached, by label.",
+    "Label values or label sets folded into 'other' because a cap was reached, by label "
+    "(name, hostname, producer, queue_name, exception; series: the total series budget).",
     ("label",),
+)
+# Why the HTTP server closed a connection without serving it (the reason label's values).
+HTTP_REJECT_REASONS = ("limit", "timeout", "tls", "malformed")
+EXPORTER_HTTP_REJECTED = Metric(
+    "celery_exporter_http_connections_rejected_total",
+    "counter",
+    "HTTP connections closed before a request was served, by reason: limit (the "
+    "open-connection cap was reached), timeout (no complete request head in time), tls "
+    "(handshake failed: plain HTTP, a missing or wrong client certificate), malformed "
+    "(unparsable request, answered 400 or 431).",
+    ("reason",),
 )
 EXPORTER_BUILD = Metric(
     "celery_exporter_build_info",
@@ -233,16 +303,23 @@ EXPORTER_BUILD = Metric(
 
 ALL: tuple[Metric, ...] = (
     *TASK_EVENT_COUNTERS.values(),
+    TASK_LOST,
+    TASK_REDELIVERED,
     TASK_PROCESSED,
     TASK_RUNTIME,
     TASK_QUEUE_WAIT,
+    TASK_OLDEST_RUNNING_AGE,
+    TASK_LAST_SENT,
     WORKER_UP,
+    WORKER_STATE,
     WORKER_TASKS_ACTIVE,
+    WORKER_POOL_SIZE,
     WORKER_LAST_HEARTBEAT,
     WORKER_PROCESSED,
     WORKER_TASK_EVENTS,
     QUEUE_LENGTH,
     QUEUE_OLDEST_AGE,
+    QUEUE_SCHEDULED,
     QUEUE_CONSUMERS,
     QUEUE_WORKERS,
     QUEUE_PROCESSES,
@@ -251,6 +328,7 @@ ALL: tuple[Metric, ...] = (
     BROKER_VISIBILITY_TIMEOUT,
     EXPORTER_EVENTS,
     EXPORTER_REJECTED,
+    EXPORTER_INVALID_FIELDS,
     EXPORTER_DROPPED,
     EXPORTER_BACKLOG,
     EXPORTER_LAG,
@@ -260,6 +338,7 @@ ALL: tuple[Metric, ...] = (
     EXPORTER_TRACKED,
     EXPORTER_EVICTED,
     EXPORTER_OVERFLOW,
+    EXPORTER_HTTP_REJECTED,
     EXPORTER_BUILD,
 )
 

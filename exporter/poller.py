@@ -91,8 +91,8 @@ class RedisBrokerPoller:
         self,
         client: redis.Redis,
         sent_time: Callable[[str], float | None],
-        global_keyprefix: str = "",
-        max_queues: int = 500,
+        global_keyprefix: str,
+        max_queues: int,
         broker_url: str = "",
     ) -> None:
         self.client = client
@@ -210,7 +210,7 @@ def inflight_task(value: bytes) -> tuple[str, str, str] | None:
 class AmqpBrokerPoller:
     """Queue lengths and consumer counts from RabbitMQ (passive queue_declare)."""
 
-    def __init__(self, connection: Connection, max_queues: int = 500) -> None:
+    def __init__(self, connection: Connection, max_queues: int) -> None:
         self.connection = connection
         self.max_queues = max_queues
 

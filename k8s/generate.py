@@ -10,8 +10,9 @@ What it writes, all under k8s/generated/ (committed, listed in k8s/kustomization
 - ``deployments.yaml``: the API, the exporter, one Celery worker per queue and the dead-letter
   consumer, all from the same hardened pod template (non-root, read-only root, no service
   account token, resources, probes);
-- ``autoscaling.yaml``: one KEDA ScaledObject per worker Deployment, scaling on
-  ``celery_queue_length`` of the queue that Deployment consumes;
+- ``autoscaling.yaml``: one KEDA ScaledObject per worker Deployment, scaling on the drain
+  time of the queue that Deployment consumes and on its busy pool slots (both recording
+  rules of the PrometheusRule);
 - ``redis/``: copies of compose/redis/ (ACL template, renderer, entry point, redis.conf),
   because kustomize may only read files inside k8s/; a configMapGenerator packs them.
 
@@ -27,6 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alerts.recording import DRAIN_TIME, QUEUE_ACTIVE
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -49,6 +55,18 @@ REDIS_CREDENTIALS = "redis-credentials"  # the Secret with the Redis passwords
 SETTINGS_CONFIGMAP = "workload-settings"
 EXPORTER_SERVICE = "celery-exporter"  # also the Prometheus job label the rules expect
 QUEUES = ("cpu", "io", "email", "default", "dead_letter")
+# Two exporters, on different nodes when possible: losing one blinds nothing. The rules and
+# dashboards take one replica's figures (max without (instance, pod)), so nothing doubles.
+EXPORTER_REPLICAS = 2
+# Pods that are deleted or lost come back under new names: their old hostnames stay `lost`
+# (and CeleryWorkerDown fires) until the exporter forgets them. An hour is long enough to see
+# and handle the alert, short enough not to page all day for a pod that no longer exists.
+WORKER_FORGET_AFTER_SECONDS = 3600
+# KEDA scales to keep this share of the pool slots busy (the busy-slots trigger).
+TARGET_UTILISATION = 0.8
+# The drain-time trigger caps +Inf (a backlog nothing consumes) at this many times its
+# target: KEDA treats +Inf as an error, and 10x is as fast as the HPA should step up anyway.
+DRAIN_TIME_CAP_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -75,10 +93,16 @@ class Worker:
     pool_args: tuple[str, ...]
     resources: Resources
     max_replicas: int
-    # Waiting messages per replica before KEDA adds one.
-    messages_per_replica: int
+    # How long a task sent now may wait before it starts: KEDA scales the Deployment so that
+    # the queue's backlog drains within this many seconds.
+    drain_target_seconds: int
     # acks_late: a warm shutdown lets running tasks finish within this time.
     grace_seconds: int
+
+    @property
+    def concurrency(self) -> int:
+        """The pool size the command pins with -c."""
+        return int(self.pool_args[self.pool_args.index("-c") + 1])
 
     def command(self) -> list[str]:
         return [
@@ -92,23 +116,23 @@ class Worker:
 WORKERS = (
     Worker(
         "worker-cpu", "cpu", "cpu", ("-P", "prefork", "-c", "2"),
-        Resources("500m", "512Mi", "2", "1Gi"), 10, 10, 120,
+        Resources("500m", "512Mi", "2", "1Gi"), 10, 120, 120,
     ),
     Worker(
         "worker-io", "io", "io", ("-P", "threads", "-c", "8"),
-        Resources("100m", "256Mi", "1", "512Mi"), 10, 50, 60,
+        Resources("100m", "256Mi", "1", "512Mi"), 10, 60, 60,
     ),
     Worker(
         "worker-email", "email", "email", ("-c", "2"),
-        Resources("100m", "256Mi", "500m", "512Mi"), 5, 50, 60,
+        Resources("100m", "256Mi", "500m", "512Mi"), 5, 300, 60,
     ),
     Worker(
         "worker-default", "default", "default", ("-c", "2"),
-        Resources("100m", "256Mi", "1", "512Mi"), 10, 20, 60,
+        Resources("100m", "256Mi", "1", "512Mi"), 10, 60, 60,
     ),
     Worker(
         "worker-dlq", "dead_letter", "dlq", ("-c", "1"),
-        Resources("50m", "192Mi", "250m", "384Mi"), 2, 100, 30,
+        Resources("50m", "192Mi", "250m", "384Mi"), 2, 900, 30,
     ),
 )  # fmt: skip
 
@@ -267,6 +291,7 @@ def exporter_deployment() -> dict[str, Any]:
         f"--queues={','.join(QUEUES)}",
         # The `exporter` Redis user may not publish on the pidbox: no broadcast inspect.
         "--inspect-interval=0",
+        f"--worker-forget-after={WORKER_FORGET_AFTER_SECONDS}",
         "--log-format=json",
     ]
     env = [
@@ -285,9 +310,17 @@ def exporter_deployment() -> dict[str, Any]:
         "exporter", command, env, Resources("100m", "128Mi", "1", "512Mi"), probes,
         ports=[{"name": "metrics", "containerPort": 9808}],
     )  # fmt: skip
-    # One replica, replaced not overlapped: two exporters would be two sets of counters for
-    # the same events, and every sum() in the rules would double.
-    return deployment(EXPORTER_SERVICE, "exporter", container, 1, 30, {"type": "Recreate"})
+    exporter = deployment(EXPORTER_SERVICE, "exporter", container, EXPORTER_REPLICAS, 30, ROLLING)
+    exporter["spec"]["template"]["spec"]["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            # Prefer different nodes; still run both on a one-node cluster.
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector(EXPORTER_SERVICE)},
+        }
+    ]
+    return exporter
 
 
 def worker_deployment(worker: Worker) -> dict[str, Any]:
@@ -300,8 +333,27 @@ def worker_deployment(worker: Worker) -> dict[str, Any]:
     return deployment(worker.deployment, "worker", container, 1, worker.grace_seconds, ROLLING)
 
 
+def keda_queries(worker: Worker) -> dict[str, str]:
+    """The two signals a worker Deployment scales on, as PromQL over the recording rules.
+
+    - drain time (backlog / consumption rate): how long a task sent now waits. ``Value``
+      semantics: replicas = current x drain time / target, so a backlog that drains twice as
+      slowly as wanted doubles the workers. +Inf is capped (KEDA refuses it).
+    - busy pool slots: keeps TARGET_UTILISATION of the slots busy, so a fully used queue
+      with an empty backlog (prefetch 1 takes every message at once) still scales up and is
+      not scaled down to the minimum. ``or vector(0)``: a queue never consumed has no series.
+    """
+    scope = f'job="{EXPORTER_SERVICE}", queue_name="{worker.queue}"'
+    cap = worker.drain_target_seconds * DRAIN_TIME_CAP_FACTOR
+    return {
+        "drain": f"clamp_max(max({DRAIN_TIME}{{{scope}}}), {cap})",
+        "busy": f"sum({QUEUE_ACTIVE}{{{scope}}}) or vector(0)",
+    }
+
+
 def scaled_object(worker: Worker) -> dict[str, Any]:
-    query = f'sum(celery_queue_length{{job="{EXPORTER_SERVICE}", queue_name="{worker.queue}"}})'
+    queries = keda_queries(worker)
+    busy_per_replica = round(worker.concurrency * TARGET_UTILISATION, 2)
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -309,8 +361,8 @@ def scaled_object(worker: Worker) -> dict[str, Any]:
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                "name": worker.deployment},
-            # Never to zero: celery_queue_length only sees messages already waiting, and one
-            # warm worker keeps latency flat for the first task.
+            # Never to zero: a scaled-to-zero queue has no consumption rate to measure, and
+            # one warm worker keeps latency flat for the first task.
             "minReplicaCount": 1,
             "maxReplicaCount": worker.max_replicas,
             "pollingInterval": 15,
@@ -327,18 +379,33 @@ def scaled_object(worker: Worker) -> dict[str, Any]:
                     }
                 }
             },
+            # KEDA takes the larger of the two replica counts.
             "triggers": [
                 {
                     "type": "prometheus",
+                    "name": "drain-time",
+                    "metricType": "Value",
                     "metadata": {
                         "serverAddress": PROMETHEUS_URL,
-                        "query": query,
-                        "threshold": str(worker.messages_per_replica),
-                        # An empty result (exporter down, series gone) is an error, so the
-                        # replica count stays where it is instead of falling to the minimum.
+                        "query": queries["drain"],
+                        "threshold": str(worker.drain_target_seconds),
+                        # An empty result (exporter down, rules not loaded) is an error, so
+                        # the replica count stays where it is instead of falling to the
+                        # minimum.
                         "ignoreNullValues": "false",
                     },
-                }
+                },
+                {
+                    "type": "prometheus",
+                    "name": "busy-slots",
+                    "metricType": "AverageValue",
+                    "metadata": {
+                        "serverAddress": PROMETHEUS_URL,
+                        "query": queries["busy"],
+                        "threshold": f"{busy_per_replica:g}",
+                        "ignoreNullValues": "false",
+                    },
+                },
             ],
         },
     }  # fmt: skip

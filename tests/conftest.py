@@ -1,4 +1,8 @@
-"""Fixtures every suite shares: a process tracker, a private Redis, the workload environment."""
+"""Fixtures every suite shares: a process tracker, a private Redis, the workload environment.
+
+The servers run as local binaries, or as containers with OBSERVATORY_TEST_BACKEND=docker
+(tests/support/backends.py, docs/testing.md); the fixtures are the same objects either way.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import backends
 from tests.support.procs import ProcessTracker, RedisServer, celery_env
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Select the backend once, before any test: a docker backend without an engine is a
+    usage error that says why, not hundreds of failures."""
+    try:
+        backends.backend()
+    except backends.BackendUnavailable as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return backends.describe()
 
 
 @pytest.fixture
@@ -41,3 +59,11 @@ def redis_server(procs: ProcessTracker, tmp_path: Path) -> RedisServer:
 def workload_env(redis_server: RedisServer) -> dict[str, str]:
     """Environment variables that point the workload and its workers at ``redis_server``."""
     return celery_env(redis_server)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """An AMQP broker: a RabbitMQ container on the docker backend; on the local backend the
+    broker on 127.0.0.1:5672, and tests that need it skip with the reason when there is none."""
+    with backends.rabbitmq() as url:
+        yield url

@@ -13,13 +13,28 @@ import yaml
 
 from alerts.configs import alertmanager_config, prometheus_config
 from alerts.generate import render_rules, to_yaml
-from alerts.settings import DEFAULTS, AlertSettings, SettingsError, fast, with_overrides
+from alerts.rules import ALERTING_GROUP
+from alerts.rules import rule_groups as generated_groups
+from alerts.settings import (
+    DEFAULTS,
+    PROJECT_RUNBOOKS_URL,
+    AlertSettings,
+    SettingsError,
+    fast,
+    matchers,
+    with_overrides,
+)
+from exporter import metrics
 from tests.support.catalog import (
+    PENDING_EXPORTER_METRICS,
     RULES_FILE,
     committed_alerts,
+    dashboard_panels,
     known_series,
     rule_groups,
+    selectors,
     series_names,
+    undeduplicated_sums,
 )
 from tests.support.procs import ROOT, require_binary
 
@@ -33,7 +48,8 @@ def test_alert_has_severity_summary_description_and_runbook(rule: dict) -> None:
     annotations = rule["annotations"]
     assert annotations["summary"].strip()
     assert "{{" in annotations["description"], "description should carry values or labels"
-    assert annotations["runbook_url"] == f"alerts/runbooks/{rule['alert']}.md"
+    # Absolute: Alertmanager shows the link as it is, and a relative path opens nothing.
+    assert annotations["runbook_url"] == f"{PROJECT_RUNBOOKS_URL}/{rule['alert']}.md"
     assert rule["for"], "every alert states its for:"
 
 
@@ -45,6 +61,14 @@ def test_runbook_exists_and_says_how_to_diagnose_and_fix(rule: dict) -> None:
     assert text.startswith(f"# {rule['alert']}\n")
     assert "## Diagnose" in text and "## Fix" in text
     assert "```" in text, "a runbook gives concrete commands"
+
+
+def test_runbook_pages_follow_the_alert_names_and_the_repository_layout() -> None:
+    """The default base URL is this repository's alerts/runbooks directory."""
+    assert PROJECT_RUNBOOKS_URL.endswith("/alerts/runbooks")
+    for rule in committed_alerts():
+        page = rule["annotations"]["runbook_url"].removeprefix(PROJECT_RUNBOOKS_URL + "/")
+        assert (RUNBOOKS / page).is_file(), page
 
 
 def test_runbook_index_lists_every_alert_and_no_orphan_runbooks() -> None:
@@ -155,7 +179,8 @@ def test_with_overrides_coerces_types_and_keeps_the_base() -> None:
 def test_fast_preset_shortens_every_for_clause() -> None:
     rules = yaml.safe_load(render_rules(fast()))["groups"]
     assert all(group["interval"] == "1s" for group in rules)
-    for rule in rules[1]["rules"]:
+    (alerting,) = [group for group in rules if group["name"] == ALERTING_GROUP]
+    for rule in alerting["rules"]:
         assert rule["for"] in {"0s", "1s", "2s"}, rule["alert"]
 
 
@@ -191,9 +216,137 @@ def test_alertmanager_config_is_valid_for_amtool(tmp_path: Path) -> None:
     assert "1 inhibit rules" in result.stdout and "1 receivers" in result.stdout
 
 
+def test_inhibition_matches_deduplicated_alerts() -> None:
+    """Alerts deduplicated across replicas carry no `instance`: the inhibition must not
+    require one, or CeleryBrokerUnreachable would never silence CeleryWorkerDown."""
+    (inhibit,) = alertmanager_config()["inhibit_rules"]
+    assert "instance" not in inhibit["equal"]
+    assert "job" in inhibit["equal"]
+    assert "CeleryWorkerDown" in inhibit["target_matchers"][0]
+    rules = {r["alert"]: r for r in committed_alerts()}
+    assert "max without (instance, pod" in rules["CeleryWorkerDown"]["expr"]
+
+
 def test_docs_list_every_setting_and_every_alert() -> None:
     docs = (ROOT / "docs" / "dashboards-alerts.md").read_text()
     for setting in dataclasses.fields(AlertSettings):
         assert f"| `{setting.name}` |" in docs, f"setting {setting.name} not documented"
     for rule in committed_alerts():
         assert f"| `{rule['alert']}` |" in docs, f"alert {rule['alert']} not documented"
+    for group in rule_groups():
+        for rule in group["rules"]:
+            if "record" in rule:
+                operation = rule["record"].rsplit(":", 1)[1]
+                # ratio_rate30m is listed as `..._rate30m` after its 5m sibling
+                short = f"`..._{operation.removeprefix('ratio_')}`"
+                assert f"`{rule['record']}`" in docs or short in docs, rule["record"]
+
+
+def test_docs_describe_every_dashboard_panel() -> None:
+    docs = (ROOT / "docs" / "dashboards-alerts.md").read_text()
+    for name in ("celery-overview.json", "celery-task-detail.json", "celery-exporter-health.json"):
+        for panel in dashboard_panels(name):
+            assert panel["title"] in docs, f"{name}: panel {panel['title']!r} not documented"
+
+
+# --- scoping (selector), replica safety, settings of the new alerts ----------------------
+
+
+def _exprs(settings: AlertSettings) -> list[tuple[str, str]]:
+    return [
+        (rule.get("alert") or rule["record"], rule["expr"])
+        for group in generated_groups(settings)["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def test_a_selector_lands_in_every_series_selector_of_every_rule() -> None:
+    selector = 'job=~"celery.*", cluster="eu-1"'
+    scoped = with_overrides(DEFAULTS, {"selector": selector})
+    checked = 0
+    for name, expr in _exprs(scoped):
+        for series, braces in selectors(expr):
+            assert all(m in braces for m in matchers(selector)), f"{name}: {series}{braces}"
+            checked += 1
+    assert checked > 100, checked  # the walk found the selectors, it did not skip them all
+    # Without a selector the same walk finds bare selectors: the check can fail.
+    assert any(braces == "" for _, e in _exprs(DEFAULTS) for _, braces in selectors(e))
+
+
+def test_every_aggregation_of_exporter_series_deduplicates_replicas_first() -> None:
+    """sum/count over raw exporter series would double with two replicas: each must be fed
+    by `max without (instance, pod)` (or keep `instance`, for per-exporter alerts)."""
+    for name, expr in _exprs(DEFAULTS):
+        assert not undeduplicated_sums(expr), name
+    # The check can fail: the rules as they were before replicas were considered.
+    assert undeduplicated_sums("sum without (hostname) (rate(celery_task_sent_total[5m]))")
+    assert not undeduplicated_sums(
+        "sum without (hostname) (max without (instance, pod) (rate(celery_task_sent_total[5m])))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"selector": "job=celery"}, "selector: cannot read"),
+        ({"selector": 'job="a" namespace="b"'}, "expected ','"),
+        ({"runbook_base_url": "alerts/runbooks"}, "must be an absolute URL"),
+        ({"replica_labels": "instance, 9pod"}, "not a label name"),
+        ({"queue_slos": {"q": {"wait_seconds": 7, "wait_objective": 0.99}}}, "not a queue-wait"),
+        ({"queue_slos": {"q": {"wait_seconds": 10}}}, "go together"),
+        ({"queue_slos": {"q": {"success_objective": 1.5}}}, "between 0 and 1"),
+        ({"queue_slos": {"q": {"wait": 10}}}, "unknown wait"),
+        ({"queue_slos": {"q": {}}}, "no objective"),
+        ({"periodic_tasks": {"t": 0}}, "seconds must be positive"),
+        ({"periodic_tasks": "[1, 2]"}, "expected a mapping"),
+        ({"queue_wait_buckets": [5, 1]}, "must be increasing"),
+        ({"slo_period": "a month"}, "not a Prometheus duration"),
+    ],
+)
+def test_new_settings_refuse_bad_values_clearly(overrides: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        with_overrides(DEFAULTS, overrides)
+
+
+def test_structured_settings_come_from_yaml_and_set(tmp_path: Path) -> None:
+    """Mappings (periodic tasks, per-task limits, SLOs) via --config and via --set as YAML."""
+    config = tmp_path / "mine.yml"
+    config.write_text(
+        "periodic_tasks: {billing.nightly: 90000}\n"
+        "queue_slos:\n  payments: {wait_seconds: 5, wait_objective: 0.999}\n"
+    )
+    out = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, "alerts/generate.py", "--config", str(config), "--set",
+         "running_too_long_per_task={billing.nightly: 7200}", "--out-dir", str(out)],
+        check=True, capture_output=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    text = (out / RULES_FILE.name).read_text()
+    assert 'name="billing.nightly"}) > 90000' in text
+    assert 'name="billing.nightly"}) > 7200' in text
+    assert 'queue_name="payments", le="5.0"' in text
+    assert "/ 0.001 > 14.4" in text
+    assert "workload.tasks.refresh_stats" not in text  # the mapping replaced the default
+    result = subprocess.run(
+        [require_binary("promtool", "prometheus"), "check", "rules", str(out / RULES_FILE.name)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_burn_rates_follow_the_slo_period() -> None:
+    """The workbook's 14.4x/6x/3x/1x are for 30 days; a 28-day period scales them."""
+    text = render_rules(with_overrides(DEFAULTS, {"slo_period": "28d"}))
+    assert "> 13.44" in text and "> 5.6" in text and "> 2.8" in text and "> 0.933333" in text
+    assert "[28d]" in text
+
+
+def test_pending_exporter_metrics_are_still_pending() -> None:
+    """A reminder for the merge: once exporter/metrics.py defines a pending metric, delete it
+    from tests/support/catalog.py so the live tests require its data again."""
+    defined = {metric.name for metric in metrics.ALL}
+    arrived = sorted(set(PENDING_EXPORTER_METRICS) & defined)
+    assert not arrived, (
+        f"exporter/metrics.py now defines {arrived}: remove them from "
+        "PENDING_EXPORTER_METRICS in tests/support/catalog.py (and re-enable their live checks)"
+    )

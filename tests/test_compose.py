@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,16 @@ from tests.support.deploy_checks import (
     option_value,
     worker_problems,
 )
-from tests.support.procs import PYTHON, ROOT, CeleryWorker, ProcessTracker, require_binary
+from tests.support.procs import (
+    PYTHON,
+    ROOT,
+    CeleryWorker,
+    ProcessTracker,
+    RedisServer,
+    celery_env,
+    require_binary,
+    wait_until,
+)
 
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -44,7 +54,7 @@ GRAFANA_DATASOURCE_UID = "prometheus"
 # Every service a user gets from `up`, and the optional ones behind a profile.
 SERVICES = {
     "redis", "api", "worker-cpu", "worker-io", "worker-email", "worker-default", "worker-dlq",
-    "traffic", "exporter", "prometheus", "alertmanager", "grafana", "mail",
+    "beat", "traffic", "exporter", "prometheus", "alertmanager", "grafana", "mail",
 }  # fmt: skip
 PROFILE_SERVICES = {"flower": {"flower"}}
 PASSWORDS = {
@@ -261,7 +271,7 @@ def test_project_services_run_as_the_non_root_app_user(
     config_with_profiles: dict[str, Any],
 ) -> None:
     services = project_services(config_with_profiles)
-    assert set(services) >= {"api", "exporter", "traffic", *(f"worker-{q}" for q in
+    assert set(services) >= {"api", "exporter", "traffic", "beat", *(f"worker-{q}" for q in
                              ("cpu", "io", "email", "default", "dlq"))}  # fmt: skip
     for name, service in services.items():
         assert service.get("user") == APP_USER, f"{name} runs as {service.get('user')!r}"
@@ -316,6 +326,62 @@ def test_console_script_flags_used_by_compose_are_accepted(config: dict[str, Any
             assert flag in result.stdout, f"{name}: {argv[0]} has no option {flag}"
             checked += 1
     assert checked >= 3
+
+
+def test_beat_runs_once_with_its_schedule_on_the_tmpfs(config: dict[str, Any]) -> None:
+    beat = config["services"]["beat"]
+    argv = beat["command"]
+    assert argv[:4] == ["celery", "-A", "workload.app", "beat"]
+    assert not command_problems(argv)
+    schedule = option_value(argv, "-s", "--schedule")
+    # The root filesystem is read-only: beat must write its schedule file on a tmpfs.
+    assert beat["read_only"] is True
+    assert schedule and any(schedule.startswith(mount.rstrip("/") + "/") for mount in beat["tmpfs"])
+    # Two schedulers would send every periodic task twice.
+    assert beat.get("deploy", {}).get("replicas", 1) == 1 and "scale" not in beat
+    assert beat["environment"]["CELERY_BROKER_URL"].startswith("redis://app:")
+    assert "redis" in beat["depends_on"]
+
+
+def beat_healthcheck(config: dict[str, Any], schedule_prefix: Path) -> list[str]:
+    """compose's beat healthcheck, as argv, looking at ``schedule_prefix`` instead of /tmp."""
+    kind, *argv = config["services"]["beat"]["healthcheck"]["test"]
+    assert kind == "CMD" and argv[0] == "python"
+    return [
+        PYTHON,
+        *(a.replace("/tmp/celerybeat-schedule", str(schedule_prefix)) for a in argv[1:]),
+    ]
+
+
+def test_beat_healthcheck_passes_for_a_running_beat_and_fails_for_a_stale_one(
+    config: dict[str, Any], procs: ProcessTracker, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    schedule = tmp_path / "celerybeat-schedule"
+    check = beat_healthcheck(config, schedule)
+    assert subprocess.run(check, check=False, timeout=30).returncode == 1  # no beat yet
+    beat = procs.start(
+        [PYTHON, "-m", "celery", "-A", "workload.app", "beat", "-s", str(schedule), "-l", "INFO"],
+        "beat",
+        env=celery_env(redis_server),
+    )
+    wait_until(lambda: list(tmp_path.glob("celerybeat-schedule*")), timeout=30,
+               message=f"beat's schedule file\n{beat.log_text()}")  # fmt: skip
+    assert subprocess.run(check, check=False, timeout=30).returncode == 0
+    beat.stop()
+    stale = time.time() - 11 * 60
+    for path in tmp_path.glob("celerybeat-schedule*"):
+        os.utime(path, (stale, stale))
+    assert subprocess.run(check, check=False, timeout=30).returncode == 1
+
+
+def test_compose_traffic_fails_as_little_as_the_local_stack_demo(config: dict[str, Any]) -> None:
+    """One demo failure ratio: compose's default is the local stack's (stack.components)."""
+    from stack.components import DEMO_FAILURE_RATIO
+
+    traffic = config["services"]["traffic"]["command"]
+    assert float(option_value(traffic, "--failure-ratio") or "nan") == DEMO_FAILURE_RATIO
+    example = (COMPOSE_DIR / "env.example").read_text()
+    assert f"TRAFFIC_FAILURE_RATIO={DEMO_FAILURE_RATIO:g}" in example
 
 
 def test_exporter_connects_with_least_privilege_and_inspect_needs_the_override(

@@ -58,6 +58,7 @@ def expected_truth(producer: str) -> dict[str, dict[tuple[str, ...], float]]:
 
     truth = {
         "celery_task_sent_total": {
+            **per_set(),  # worker label sets appear at 0 here too, as the peer serves them
             (DUMMY, producer, "default"): 5 + 9 + 1,  # successes, priority batch, revoked
             (REPORT, producer, "cpu"): 2 + 2 + 1,  # two ok, one retried (sent twice), one bad
             (DEBIT, producer, "default"): 1,
@@ -71,6 +72,9 @@ def expected_truth(producer: str) -> dict[str, dict[tuple[str, ...], float]]:
         "celery_task_rejected_total": per_set(reject=1),
         "celery_task_revoked_total": per_set(dummy=1),
         "celery_task_processed_total": per_set(dummy=14, report=4, debit=1, reject=1),
+        # Nothing is lost or redelivered (the retry is a new attempt, not a redelivery).
+        "celery_task_lost_total": per_set(),
+        "celery_task_redelivered_total": per_set(),
         "celery_task_failed_total": {
             **{(*s, ""): 0 for s in worker_sets},
             (*report, "ReportInputError"): 1,
@@ -150,6 +154,10 @@ def test_every_counter_and_gauge_equals_the_known_truth(procs, redis_server, tmp
     assert scrape.value("celery_broker_unacked_messages") == 0
     assert scrape.value("celery_exporter_broker_up") == 1
     assert scrape.value("celery_exporter_tracked_tasks") == 2  # the two unconsumed dead letters
+    assert scrape.series("celery_task_oldest_running_age_seconds") == {}  # nothing runs
+    assert scrape.value("celery_queue_scheduled_messages", queue_name="cpu") == 0
+    assert scrape.value("celery_worker_state", hostname=W, state="online") == 1
+    assert scrape.total("celery_worker_state", hostname=W) == 1  # one-hot
     assert scrape.total("celery_exporter_events_rejected_total") == 0
     events = {dict(k)["type"]: v for k, v in scrape.series("celery_exporter_events_total").items()}
     sent = sum(truth["celery_task_sent_total"].values())

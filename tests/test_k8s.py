@@ -431,10 +431,16 @@ def test_prometheus_rule_carries_exactly_the_rules_file(resources: list, tmp_pat
     promtool_check_rules(rule["spec"]["groups"], tmp_path)
 
 
-def test_every_worker_scales_on_its_own_queue_length(resources: list, tmp_path: Path) -> None:
+def test_every_worker_scales_on_its_queues_drain_time_and_busy_slots(
+    resources: list, tmp_path: Path
+) -> None:
+    """Two triggers per worker, on its own queue: the drain time (how long a task sent now
+    waits: Value semantics, +Inf capped) and busy pool slots (AverageValue per replica)."""
     workers = worker_deployments(resources)
     scaled = of_kind(resources, "ScaledObject")
     assert sorted(s["spec"]["scaleTargetRef"]["name"] for s in scaled) == sorted(workers)
+    (rule,) = of_kind(resources, "PrometheusRule")
+    records = {r["record"] for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r}
     queries = []
     for scaled_object in scaled:
         assert scaled_object["apiVersion"] == "keda.sh/v1alpha1"
@@ -442,20 +448,50 @@ def test_every_worker_scales_on_its_own_queue_length(resources: list, tmp_path: 
         target = workers[spec["scaleTargetRef"]["name"]]
         assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-        (trigger,) = spec["triggers"]
-        assert trigger["type"] == "prometheus"
-        metadata = trigger["metadata"]
-        assert metadata["serverAddress"].startswith("http")
-        assert float(metadata["threshold"]) > 0
-        query = metadata["query"]
-        assert "celery_queue_length" in query
-        assert f'queue_name="{worker_queue(target)}"' in query
-        assert f'job="{EXPORTER_SERVICE}"' in query
-        queries.append(query)
+        triggers = {trigger["name"]: trigger for trigger in spec["triggers"]}
+        assert set(triggers) == {"drain-time", "busy-slots"}
+        assert triggers["drain-time"]["metricType"] == "Value"
+        assert triggers["busy-slots"]["metricType"] == "AverageValue"
+        assert (
+            "queue_name:celery_queue_drain_time_seconds:rate5m"
+            in (triggers["drain-time"]["metadata"]["query"])
+        )
+        assert "clamp_max(" in triggers["drain-time"]["metadata"]["query"]  # +Inf is an error
+        concurrency = int(option_value(target["spec"]["template"]["spec"]["containers"][0]
+                                       ["command"], "-c", "--concurrency"))  # fmt: skip
+        assert 0 < float(triggers["busy-slots"]["metadata"]["threshold"]) <= concurrency
+        for trigger in triggers.values():
+            assert trigger["type"] == "prometheus"
+            metadata = trigger["metadata"]
+            assert metadata["serverAddress"].startswith("http")
+            assert float(metadata["threshold"]) > 0
+            assert metadata["ignoreNullValues"] == "false"
+            query = metadata["query"]
+            assert f'queue_name="{worker_queue(target)}"' in query
+            assert f'job="{EXPORTER_SERVICE}"' in query
+            # The recording rules it reads are in the PrometheusRule.
+            used = set(re.findall(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", query))
+            assert used and used <= records, used - records
+            queries.append(query)
     # The queries are PromQL Prometheus accepts.
     groups = [{"name": "keda", "rules": [{"record": f"keda:q{i}", "expr": q}
                                           for i, q in enumerate(queries)]}]  # fmt: skip
     promtool_check_rules(groups, tmp_path)
+
+
+def test_the_exporter_runs_two_replicas_on_different_nodes(resources: list) -> None:
+    """High availability: the rules and dashboards deduplicate replicas, so two exporters
+    are safe (tests/test_alerts_ha.py proves it live) and a node loss blinds nothing."""
+    exporter = by_name(of_kind(resources, "Deployment"))[EXPORTER_SERVICE]
+    assert exporter["spec"]["replicas"] == 2
+    assert exporter["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = exporter["spec"]["template"]["spec"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert selects(spread["labelSelector"]["matchLabels"], pod_labels(exporter))
+    (container,) = pod["containers"]
+    # Autoscaled pods never come back under their old name: forget them within the hour.
+    assert option_value(container["command"], "--worker-forget-after") == "3600"
 
 
 def test_the_documented_hpa_alternative_is_a_valid_hpa_for_a_worker(resources: list) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 import bcrypt
 import pytest
 
-from exporter.app import status_document
-from exporter.collector import SourceStatus, gather
+from exporter.collector import SourceStatus, families, gather
 from exporter.inspector import InspectView
 from exporter.poller import BrokerView
 from exporter.state import State
+from exporter.status import status_document
 from tests.support.browser import Browser, StatusPage, figure, find_chromium
 from tests.support.celery_client import client_app
 from tests.support.exporter import ExporterProcess, Scrape
@@ -35,6 +35,7 @@ DUMMY = "workload.tasks.dummy_task"
 PER_QUEUE = {
     "queue_length": "celery_queue_length",
     "queue_consumers": "celery_active_consumer_count",
+    "queue_scheduled": "celery_queue_scheduled_messages",
 }
 PER_WORKER = {
     "worker_up": "celery_worker_up",
@@ -68,15 +69,21 @@ def test_status_document_reports_consumers_like_metrics_and_the_page_fields() ->
     state.apply([{"type": "worker-heartbeat", "hostname": "w@h", "timestamp": time.time() + 5,
                   "freq": 2.0, "active": 1, "processed": 3}], received=time.time())  # fmt: skip
 
-    before = status_document(_view(state, InspectView()), started_at=0.0)
+    def document(inspect: InspectView) -> dict[str, Any]:
+        view = _view(state, inspect)
+        return status_document(families(view), view.state.now, started_at=0.0)
+
+    before = document(InspectView())
     assert [q["consumers"] for q in before["queues"]] == [None, None]  # unknown, not 0
 
-    after = status_document(_view(state, InspectView(at=1.0, workers={"email": 2})), 0.0)
+    after = document(InspectView(at=1.0, workers={"email": 2}))
     assert {q["name"]: q["consumers"] for q in after["queues"]} == {"cpu": 0, "email": 2}
     assert after["events_dropped_total"] == 2
     assert after["visibility_timeout_seconds"] == 3600.0
     assert after["event_lag_seconds"] == 0.0
     assert after["workers"][0]["hostname"] == "w@h" and after["workers"][0]["up"] is True
+    assert after["workers"][0]["state"] == "online"
+    assert after["broker_up"] is True and after["version"] == "1.0"
 
 
 # ---------------------------------------------------------------------- in the browser
@@ -97,7 +104,10 @@ def _mismatches(page: dict[str, Any], scrape: Scrape) -> list[str]:
 
     def compare(shown: dict[str, str], expected: float | None) -> None:
         value = float(shown["value"]) if shown["value"] else None
-        text_ok = shown["text"] in ("up", "down") or _number(shown["text"]) == value
+        # A state is said in words; "active / pool size" starts with the active count.
+        text_ok = shown["metric"] in ("worker_up", "broker_up") or (
+            _number(shown["text"].split(" / ")[0]) == value
+        )
         if value != expected or not text_ok:
             wrong.append(f"{shown} != {expected}")
 
@@ -114,6 +124,8 @@ def _mismatches(page: dict[str, Any], scrape: Scrape) -> list[str]:
             compare(f, scrape.total(SINGLE[metric]))
         elif metric == "tasks_total":
             compare(f, scrape.total(f"celery_task_{f['type']}_total"))
+        elif metric == "worker_lost_tasks":
+            compare(f, scrape.total("celery_task_lost_total", hostname=f["hostname"]))
     return wrong
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ssl
 import urllib.error
 import urllib.request
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.procs import PYTHON, ManagedProcess, ProcessTracker, free_port, wait_until
@@ -133,6 +135,19 @@ class ExporterProcess:
 
     def log_text(self) -> str:
         return self.process.log_text() if self.process else ""
+
+
+def event_envelope(events: dict | list[dict]) -> bytes:
+    """A kombu envelope carrying ``events`` as Celery publishes them (base64 JSON body)."""
+    return orjson.dumps(
+        {
+            "body": base64.b64encode(orjson.dumps(events)).decode(),
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            "headers": {},
+            "properties": {"body_encoding": "base64"},
+        }
+    )
 
 
 def publish_corpus(client, lines: Iterable[dict]) -> int:  # type: ignore[no-untyped-def]

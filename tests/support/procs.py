@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from tests.support import backends
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 T = TypeVar("T")
@@ -154,7 +156,11 @@ class ProcessTracker:
         cwd: Path | None = None,
     ) -> ManagedProcess:
         log_path = self.log_dir / f"{name}-{len(self.processes)}.log"
-        proc = ManagedProcess(argv, log_path, env=env, cwd=cwd).start()
+        # On the docker backend a server binary runs from its image (tests/support/backends.py).
+        proc = backends.container_process(argv, log_path, env) or ManagedProcess(
+            argv, log_path, env=env, cwd=cwd
+        )
+        proc.start()
         self.processes.append(proc)
         return proc
 
@@ -173,6 +179,8 @@ class ProcessTracker:
 def require_binary(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
+        if backends.in_container(name):
+            return name  # the docker backend runs it from its image
         raise RuntimeError(f"{name} not found: install it with 'apt-get install {package}'")
     return path
 
@@ -336,3 +344,10 @@ class CeleryWorker:
         """Warm shutdown (SIGTERM), which sends worker-offline."""
         assert self.process is not None
         return self.process.stop(timeout=30)
+
+    def warm_shutdown(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM to the main process only, as Kubernetes or systemd stop a worker: it
+        finishes the tasks it started, then sends worker-offline and exits."""
+        assert self.process is not None and self.process.proc is not None
+        os.kill(self.process.pid, signal.SIGTERM)
+        return self.process.proc.wait(timeout=timeout)

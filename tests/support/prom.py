@@ -21,6 +21,7 @@ import requests
 from alerts.configs import EXPORTER_JOB, alertmanager_config, prometheus_config
 from alerts.generate import render_rules, to_yaml
 from alerts.settings import AlertSettings, fast
+from tests.support import backends
 from tests.support.procs import ManagedProcess, ProcessTracker, free_port, wait_until
 
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
@@ -35,6 +36,8 @@ def _binary(names: Sequence[str], package: str) -> str:
         path = shutil.which(name)
         if path:
             return path
+        if backends.in_container(name):
+            return name  # the docker backend runs it from its image
     raise RuntimeError(f"none of {', '.join(names)} found: apt-get install {package}")
 
 
@@ -205,9 +208,11 @@ class Prometheus:
             raise PromQLError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query; raises :class:`PromQLError` on a syntax or evaluation error."""
-        data = self._api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query (now, or at unix time ``at``); raises :class:`PromQLError` on a
+        syntax or evaluation error."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        data = self._api("query", **params)
         result = data["result"]
         return result if data["resultType"] in ("vector", "matrix") else [{"value": result}]
 
@@ -226,4 +231,8 @@ class Prometheus:
         ]
 
     def alert_states(self, name: str) -> list[dict[str, Any]]:
-        return [a for a in self._api("alerts")["alerts"] if a["labels"]["alertname"] == name]
+        return [a for a in self.alerts() if a["labels"]["alertname"] == name]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every pending and firing alert: labels, annotations, state, activeAt, value."""
+        return self._api("alerts")["alerts"]
