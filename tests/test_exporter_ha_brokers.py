@@ -5,7 +5,9 @@ refused, and TLS options for rediss:// on both the fast path and the Celery app.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,14 @@ import redis
 from exporter.broker import redis_client
 from tests.support.events import HEARTBEAT_CHANNEL, heartbeat
 from tests.support.exporter import ExporterProcess
-from tests.support.procs import PYTHON, CeleryWorker, ProcessTracker, RedisServer, wait_until
+from tests.support.procs import (
+    PYTHON,
+    CeleryWorker,
+    ProcessTracker,
+    RedisServer,
+    free_port,
+    wait_until,
+)
 from tests.support.sentinel import MASTER_NAME, SentinelSetup
 from tests.support.sentinel_app import make_app
 from tests.support.tls import Issued, TestCA
@@ -88,11 +97,21 @@ def test_sentinel_fast_path_follows_the_master_through_a_failover(procs, tmp_pat
 # ---------------------------------------------------------------------------- Cluster
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port <= 55535:
+            with contextlib.suppress(OSError), socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+                return port
+
+
 @pytest.fixture
 def cluster_node(procs, tmp_path) -> RedisServer:  # type: ignore[no-untyped-def]
     nodes = tmp_path / "cluster" / "nodes.conf"
     args = ["--cluster-enabled", "yes", "--cluster-config-file", str(nodes)]
-    return RedisServer(procs, tmp_path / "cluster", extra_args=args).start()
+    return RedisServer(procs, tmp_path / "cluster", port=cluster_port(), extra_args=args).start()
 
 
 def test_a_cluster_node_is_refused_at_the_start_up_check(cluster_node: RedisServer) -> None:
