@@ -27,9 +27,10 @@ def main() -> None:
     messages = [(data, n) for _, data, n in itertools.islice(Stream(seed=7).messages(), MESSAGES)]
     events = sum(n for _, n in messages)
     state = State(Options())
+    received = time.time()  # the envelopes' timestamps are recent: not out of range
     started = time.process_time()
     for data, _ in messages:
-        state.apply(decode_envelope(data), 0.0)
+        state.apply(decode_envelope(data), received)
     seconds = time.process_time() - started
     print(f"{seconds / events * 1e6:.2f} us/event (CPU) over {events:,} events")
 
