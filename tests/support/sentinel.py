@@ -10,7 +10,14 @@ from pathlib import Path
 
 import redis
 
-from tests.support.procs import ManagedProcess, ProcessTracker, RedisServer, free_port, wait_until
+from tests.support.procs import (
+    ManagedProcess,
+    ProcessTracker,
+    RedisServer,
+    free_port,
+    require_binary,
+    wait_until,
+)
 
 MASTER_NAME = "obsmaster"
 
@@ -48,7 +55,8 @@ class SentinelSetup:
             f"sentinel failover-timeout {MASTER_NAME} 10000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
         )
-        return self.tracker.start(["redis-sentinel", str(config)], f"sentinel-{port}")
+        binary = require_binary("redis-sentinel", "redis-sentinel")
+        return self.tracker.start([binary, str(config)], f"sentinel-{port}")
 
     def sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True)
