@@ -2,6 +2,7 @@
 
     python bench/ingest.py                                # exporter + both baselines, 60 s trials
     python bench/ingest.py --duration 20 --consumers exporter --rates 100000,150000,200000
+    python bench/ingest.py --consumers exporter@main,exporter --interleave   # before/after
 
 A publisher process replays realistic Celery event envelopes (bench/envelopes.py: task-sent
 on its own, worker task events batched in task.multi lists, heartbeats) into a private
@@ -13,7 +14,9 @@ merely buffered). Consumers, all on the same stream:
 * exporter  -- this project (Redis fast path);
 * receiver  -- Celery's EventReceiver + State, the mechanism other exporters are built on
                (bench/baselines/receiver_state.py);
-* flower    -- Flower 2.2's /metrics, installed from PyPI into bench/.venv-flower on first use.
+* flower    -- Flower 2.2's /metrics, installed from PyPI into bench/.venv-flower on first use;
+* exporter@REV -- the exporter as it was at git revision REV (``git archive``), to compare a
+               change with its base in one run; ``--interleave`` alternates them per rate.
 
 Prints a table and writes bench/out/ingest.json.
 """
@@ -21,6 +24,7 @@ Prints a table and writes bench/out/ingest.json.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import re
@@ -155,12 +159,17 @@ class Consumer:
 
 @contextlib.contextmanager
 def run_exporter(
-    port: int, workdir: Path, extra_args: Sequence[str] = ()
+    port: int, workdir: Path, extra_args: Sequence[str] = (), source: Path | None = None
 ) -> Iterator[Callable[[], int]]:
-    """The exporter on a free port; yields its event counter (with ``.pid`` and ``.url``)."""
+    """The exporter on a free port; yields its event counter (with ``.pid`` and ``.url``).
+
+    ``source``: a directory holding another ``exporter`` package to run instead of this
+    checkout's (``-P`` keeps the current directory off sys.path, so PYTHONPATH wins).
+    """
     web = free_port()
     argv = [
         PYTHON,
+        *(["-P"] if source else []),
         "-m",
         "exporter",
         "--broker-url",
@@ -173,11 +182,28 @@ def run_exporter(
         "WARNING",
         *extra_args,
     ]
-    with process(argv, workdir / "exporter.log") as proc:
+    env = {"PYTHONPATH": str(source)} if source else None
+    with process(argv, workdir / "exporter.log", env=env) as proc:
         wait_for(lambda: http_json(f"http://127.0.0.1:{web}/readyz")["ready"], 30, "exporter")
         counter = lambda: http_json(f"http://127.0.0.1:{web}/api/status")["events_total"]  # noqa: E731
         counter.pid = proc.pid  # type: ignore[attr-defined]
+        counter.proc = proc  # type: ignore[attr-defined]
         counter.url = f"http://127.0.0.1:{web}/metrics"  # type: ignore[attr-defined]
+        yield counter
+
+
+@contextlib.contextmanager
+def run_exporter_at(
+    rev: str, port: int, workdir: Path, extra_args: Sequence[str] = ()
+) -> Iterator[Callable[[], int]]:
+    """The exporter package as it was at git revision ``rev``."""
+    source = workdir / f"exporter-at-{rev}"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "exporter"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    with run_exporter(port, workdir, extra_args, source=source) as counter:
         yield counter
 
 
@@ -253,6 +279,12 @@ def run_flower(port: int, workdir: Path) -> Iterator[Callable[[], int]]:
 CONSUMERS = {"exporter": run_exporter, "receiver": run_receiver, "flower": run_flower}
 
 
+def consumer(name: str) -> Callable[[int, Path], contextlib.AbstractContextManager[Any]]:
+    if name.startswith("exporter@"):
+        return functools.partial(run_exporter_at, name.partition("@")[2])
+    return CONSUMERS[name]
+
+
 # ----------------------------------------------------------------------------- trials
 
 
@@ -274,7 +306,7 @@ class Trial:
 def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
     with tempfile.TemporaryDirectory(prefix=f"ingest-{name}-") as tmp, private_redis() as port:
         workdir = Path(tmp)
-        with CONSUMERS[name](port, workdir) as count:
+        with consumer(name)(port, workdir) as count:
             cpu_before = process_cpu_seconds(count.pid)  # type: ignore[attr-defined]
             result_file = workdir / "publisher.json"
             argv = [
@@ -367,6 +399,12 @@ def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
     help="Seconds to wait for a consumer to count everything after publishing.",
 )
 @click.option(
+    "--interleave",
+    is_flag=True,
+    help="Alternate the consumers at each rate (rates outer) instead of one after another: "
+    "for before/after comparisons on a machine whose speed drifts.",
+)
+@click.option(
     "--catch-up",
     type=float,
     default=2.0,
@@ -381,21 +419,32 @@ def main(
     consumers: str,
     pool: int,
     drain: float,
+    interleave: bool,
     catch_up: float,
 ) -> None:
     """Highest zero-loss event rate per consumer, side by side."""
     if ctx.invoked_subcommand:
         return
-    args = {"duration": duration, "pool": pool, "drain": drain, "catch_up": catch_up}
+    args = {"duration": duration, "pool": pool, "drain": drain, "catch_up": catch_up,
+            "interleave": interleave}  # fmt: skip
     trials: list[Trial] = []
     best: dict[str, int] = {}
-    for name in consumers.split(","):
-        for rate in (int(r) for r in rates.split(",")):
-            result = trial(name, rate, args)
-            trials.append(result)
-            if not result.lossless:
-                break
+    names = consumers.split(",")
+    rate_list = [int(r) for r in rates.split(",")]
+    if interleave:
+        order = [(name, rate) for rate in rate_list for name in names]
+    else:
+        order = [(name, rate) for name in names for rate in rate_list]
+    failed: set[str] = set()
+    for name, rate in order:
+        if name in failed:
+            continue  # rates rise: past the first loss, higher rates lose too
+        result = trial(name, rate, args)
+        trials.append(result)
+        if result.lossless:
             best[name] = rate
+        else:
+            failed.add(name)
     rows = [
         (
             t.consumer,

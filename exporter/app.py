@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__
+from exporter import __version__, broker
 from exporter.collector import ObservatoryCollector, ScrapeView, SourceStatus, families, gather
 from exporter.config import Config
 from exporter.exposition import CONTENT_TYPE, TextRenderer
@@ -29,7 +30,7 @@ from exporter.logs import mask_url
 from exporter.negotiate import OPENMETRICS, TEXT
 from exporter.poller import AmqpBrokerPoller, PollerThread, RedisBrokerPoller
 from exporter.sources.celery_receiver import ReceiverEventSource
-from exporter.sources.redis_pubsub import RedisEventSource, event_pattern
+from exporter.sources.redis_pubsub import RedisEventSource
 from exporter.state import UNKNOWN, State, merge_pools
 from exporter.status import status_document
 from exporter.webconfig import WebConfig
@@ -38,12 +39,17 @@ log = structlog.get_logger(__name__)
 FORGET_CHECK_SECONDS = 60.0
 NOT_A_QUEUE = {UNKNOWN, "other"}
 SWITCH_INTERVAL_SECONDS = 0.001
+STOP_SECONDS = 3.0  # SIGTERM must end the process within 5 s, whatever a thread waits on
 
 
 def celery_app(config: Config) -> Celery:
-    """A bare Celery app for the broker: JSON only, for inspect and the generic receiver."""
+    """A bare Celery app for the broker: JSON only, for inspect and the generic receiver.
+
+    It gets the broker's transport options (Sentinel's master_name, global_keyprefix...)
+    and TLS options (broker_use_ssl) exactly as given, so it connects as the workers do.
+    """
     app = Celery("celery-observatory-exporter", broker=config.broker_url, set_as_current=False)
-    transport_options: dict[str, Any] = {}
+    transport_options = dict(config.broker_transport_options)
     if config.global_keyprefix:
         transport_options["global_keyprefix"] = config.global_keyprefix
     app.conf.update(
@@ -51,21 +57,16 @@ def celery_app(config: Config) -> Celery:
         result_accept_content=["json"],
         event_serializer="json",
         task_serializer="json",
-        broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
+        **broker.celery_broker_options(transport_options, config.broker_ssl_options),
     )
     return app
 
 
-def redis_client(config: Config, timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(
-        config.broker_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_keepalive=True,
-        protocol=2,  # RESP2: pub/sub messages as plain arrays, and any Redis >= 2.8 speaks it
-    )
+def redis_client(config: Config, timeout: float, retries: int = 0) -> redis.Redis:
+    """The broker's Redis client (plain, TLS or Sentinel): see exporter/broker.py."""
+    return broker.broker_client(config, timeout=timeout, retries=retries)
 
 
 class Exporter:
@@ -81,7 +82,9 @@ class Exporter:
         self._next_forget = 0.0
         self.source = self._make_source()
         poller = self._make_poller()
-        self.poller = PollerThread(poller, config.broker_poll_interval, self.watched_queues)
+        self.poller = PollerThread(
+            poller, config.broker_poll_interval, self.watched_queues, on_fatal=self.fatal
+        )
         self.inspector = (
             InspectorThread(
                 self.app, config.inspect_interval, config.inspect_timeout, self._learn_queues
@@ -108,21 +111,25 @@ class Exporter:
             return RedisEventSource(
                 redis_client(config, 5.0),
                 self.state,
-                event_pattern(config.redis_db, config.global_keyprefix),
+                broker.event_pattern(config.redis_db, config.global_keyprefix),
                 config.max_backlog_bytes,
                 housekeeping=self._housekeeping,
+                retry_interval=config.retry_interval,
             )
-        return ReceiverEventSource(self.app, self.state, self._housekeeping)
+        return ReceiverEventSource(
+            self.app, self.state, self._housekeeping, retry_interval=config.retry_interval
+        )
 
     def _make_poller(self) -> RedisBrokerPoller | AmqpBrokerPoller:
         config = self.config
         timeout = max(1.0, min(config.broker_poll_interval, 5.0))
-        if config.scheme in ("redis", "rediss"):
+        if config.scheme in broker.FAST_PATH_SCHEMES:
             return RedisBrokerPoller(
-                redis_client(config, timeout),
+                redis_client(config, timeout, retries=1),
                 self.state.index.sent_time,
                 config.global_keyprefix,
                 config.state.max_queues,
+                broker_url=config.broker_url,
             )
         return AmqpBrokerPoller(
             Connection(config.broker_url, connect_timeout=timeout), config.state.max_queues
@@ -173,6 +180,17 @@ class Exporter:
             basic_auth=self.web.basic_auth is not None,
         )
 
+    def fatal(self, message: str) -> None:
+        """A broker the exporter can never use (a Redis Cluster): one error line, exit 1.
+
+        Called from a background thread once the broker answers, which may be long after
+        start-up (--wait-for-broker); retrying could never succeed, and a crash-looping pod
+        with this line in its log says more than a green pod with broker_up 0.
+        """
+        log.error(message)
+        sys.stderr.flush()
+        os._exit(1)
+
     def reload_web_config(self) -> None:
         """SIGHUP: re-read --web.config-file; new connections use it (one log line)."""
         self.web = reload_web_config(self.config.web_config_file, self.web)
@@ -180,13 +198,21 @@ class Exporter:
             self.http.app.web = self.web
 
     def stop(self) -> None:
+        """Stop every part at once and wait for them together, at most ``STOP_SECONDS``: an
+        inspect, a poll or a reconnect waiting on the broker must not delay the exit, and
+        an event backlog is abandoned, not drained."""
         self._stopping.set()
-        if self.http is not None:
-            self.http.stop()
-        if self.inspector is not None:
-            self.inspector.stop()
-        self.poller.stop()
-        self.source.stop()
+        parts = [self.http, self.inspector, self.poller, self.source]
+        stoppers = [
+            threading.Thread(target=part.stop, name="stop", daemon=True)
+            for part in parts
+            if part is not None
+        ]
+        deadline = time.monotonic() + STOP_SECONDS
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=max(0.0, deadline - time.monotonic()))
         log.info("exporter stopped")
 
     # ------------------------------------------------------------------ threads' helpers
@@ -208,6 +234,8 @@ class Exporter:
         try:
             tasks = poller.inflight_tasks(self.config.state.max_tracked_tasks)
         except Exception as exc:  # broker down, or an ACL user without HSCAN on unacked
+            if broker.is_cluster_error(exc):
+                return  # the poller refuses a Redis Cluster with one clear line
             log.warning(
                 "could not read in-flight tasks; their labels may be 'unknown'", error=str(exc)
             )
@@ -254,7 +282,9 @@ class Exporter:
             self.state,
             self.poller.view,
             self.inspector.view if self.inspector is not None else InspectView(),
-            SourceStatus(source.subscribed, source.backlog_bytes, source.dropped),
+            SourceStatus(
+                source.subscribed, source.backlog_bytes, source.dropped, dict(source.reconnects)
+            ),
             self.config.visibility_timeout,
             __version__,
             celery.__version__,

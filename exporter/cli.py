@@ -11,14 +11,12 @@ import threading
 from typing import Any, NoReturn
 
 import click
-import redis
 import structlog
-from kombu import Connection
 
 from exporter import __version__
 from exporter.config import Config, ConfigError
 from exporter.httpserver import Limits
-from exporter.logs import configure_logging, mask_secrets, mask_url
+from exporter.logs import configure_logging, mask_secrets
 from exporter.state import Options
 from exporter.webconfig import WebConfigError, load_web_config
 
@@ -572,19 +570,13 @@ def build_config(flags: dict[str, Any]) -> Config:
 
 
 def check_broker(config: Config) -> None:
-    """With --no-wait-for-broker: one connection attempt, exit 1 with one line if it fails."""
+    """With --no-wait-for-broker: one attempt, exit 1 with one line saying what is wrong."""
+    from exporter.broker import BrokerUnusable, check
+
     try:
-        if config.scheme in ("redis", "rediss"):
-            client = redis.Redis.from_url(
-                config.broker_url, socket_timeout=5, socket_connect_timeout=5
-            )
-            client.ping()
-            client.close()
-        else:
-            with Connection(config.broker_url, connect_timeout=5) as conn:
-                conn.ensure_connection(max_retries=1)
-    except Exception as exc:
-        fail(f"error: cannot reach broker {mask_url(config.broker_url)}: {exc}")
+        check(config)
+    except BrokerUnusable as exc:
+        fail(f"error: {exc}")
 
 
 def run(config: Config, web: Any) -> None:

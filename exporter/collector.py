@@ -66,6 +66,7 @@ class SourceStatus:
     subscribed: bool
     backlog_bytes: int
     dropped: int
+    reconnects: Mapping[str, int] = field(default_factory=dict)  # reason -> count
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,7 @@ def _exporter_families(view: ScrapeView) -> Iterator[Family]:
     if snap.newest_event is not None:
         yield Family(m.EXPORTER_LAG, [((), max(0.0, snap.now - snap.newest_event))])
     yield Family(m.EXPORTER_BROKER_UP, [((), int(broker.up and source.subscribed))])
+    yield Family(m.EXPORTER_SOURCE_RECONNECTS, [((r,), n) for r, n in source.reconnects.items()])
     if broker.polled_at is not None:
         yield Family(m.EXPORTER_POLL_AGE, [((), max(0.0, snap.now - broker.polled_at))])
     yield Family(m.EXPORTER_TRACKED, [((), snap.tracked)])

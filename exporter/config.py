@@ -6,12 +6,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from exporter import broker
 from exporter.httpserver import Limits
 from exporter.state import Options
 
-REDIS_SCHEMES = ("redis", "rediss")
+REDIS_SCHEMES = broker.FAST_PATH_SCHEMES  # redis, rediss, sentinel
 RECEIVER_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
 
@@ -48,7 +48,7 @@ class Config:
 
     @property
     def scheme(self) -> str:
-        return urlsplit(self.broker_url).scheme.lower()
+        return broker.scheme_of(self.broker_url)
 
     @property
     def uses_redis_fast_path(self) -> bool:
@@ -58,28 +58,38 @@ class Config:
 
     @property
     def redis_db(self) -> int:
-        path = urlsplit(self.broker_url).path.strip("/")
-        return int(path) if path else 0
+        return broker.redis_db(self.broker_url)
 
     def validate(self) -> Config:
         """Raise :class:`ConfigError` with a precise message; return self when valid."""
+        if self.scheme in broker.CLUSTER_SCHEMES:
+            raise ConfigError(broker.cluster_message(self.broker_url))
         if self.scheme not in REDIS_SCHEMES + RECEIVER_SCHEMES:
             raise ConfigError(
                 f"unsupported broker URL scheme {self.scheme + '://' if self.scheme else '(none)'}"
-                f": use redis://, rediss:// or amqp://"
+                f": use redis://, rediss://, sentinel:// or amqp://"
             )
-        parts = urlsplit(self.broker_url)
-        if not parts.hostname and not parts.path.startswith("/") and self.scheme in REDIS_SCHEMES:
-            raise ConfigError("broker URL has no host")
         if self.scheme in REDIS_SCHEMES:
-            try:
-                self.redis_db  # noqa: B018 - validates the /<db> part
-            except ValueError:
-                raise ConfigError(f"broker URL database {parts.path!r} is not a number") from None
+            problem = broker.url_problem(self.broker_url)
+            if problem is not None:
+                raise ConfigError(problem)
+        if self.scheme in broker.SENTINEL_SCHEMES and not self.broker_transport_options.get(
+            "master_name"
+        ):
+            raise ConfigError(
+                "a sentinel:// broker URL needs --broker-transport-option master_name=<name> "
+                "(the name the sentinels monitor, as in Celery's broker_transport_options)"
+            )
+        try:
+            broker.ssl_options(self.broker_ssl_options)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.event_source not in ("auto", "redis", "receiver"):
             raise ConfigError("--event-source must be auto, redis or receiver")
         if self.event_source == "redis" and self.scheme not in REDIS_SCHEMES:
-            raise ConfigError("--event-source redis needs a redis:// or rediss:// broker URL")
+            raise ConfigError(
+                "--event-source redis needs a redis://, rediss:// or sentinel:// broker URL"
+            )
         for name, value in (
             ("--broker-poll-interval", self.broker_poll_interval),
             ("--visibility-timeout", self.visibility_timeout),

@@ -11,37 +11,48 @@ import logging
 import re
 import sys
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import structlog
 
-# scheme://user:password@host -> scheme://user:****@host (also with an empty user)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)@")
+# A URL as it appears in a message: a scheme, then everything up to whitespace or the next
+# URL of a kombu failover list (``sentinel://a;sentinel://b``). Its userinfo ends at the
+# *last* ``@``: a password may contain unencoded ``@ / : # ?`` (Redis's own URL parser
+# splits at the last ``@`` too), and cutting at the first one would leak the rest.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://(?:(?!;[a-zA-Z][a-zA-Z0-9+.-]*://)\S)*")
+_USER_UNSAFE = frozenset("@/?#[]")
+MASK = "****"
+
+
+def _mask_one(match: re.Match[str]) -> str:
+    url = match.group(0)
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    userinfo, tail = rest[:at], rest[at:]
+    user, colon, _password = userinfo.partition(":")
+    if not colon and not _USER_UNSAFE.intersection(user):
+        return url  # a user name and no password (amqp://guest@host): nothing secret
+    if _USER_UNSAFE.intersection(user):
+        return f"{scheme}://{MASK}{tail}"  # userinfo that cannot be parsed: masked whole
+    return f"{scheme}://{user}:{MASK}{tail}"
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``****`` (for logs, errors and metrics)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _URL_PASSWORD.sub(r"\g<head>****@", url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}{port}"))
+    """The URL with its password replaced by ``****``, everything else exactly as given.
+
+    The user name stays (it helps to see *which* user failed); a userinfo that cannot be
+    parsed (an unencoded ``@``, ``/``, ``?`` or ``#`` before the password) is masked whole.
+    """
+    return mask_secrets(url)
 
 
 def mask_secrets(text: str) -> str:
-    """Mask every URL password found anywhere in ``text``."""
-    return _URL_PASSWORD.sub(r"\g<head>****@", text)
+    """Mask the password of every URL found anywhere in ``text``."""
+    if "://" not in text:
+        return text
+    return _URL.sub(_mask_one, text)
 
 
 def _mask_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

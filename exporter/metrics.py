@@ -261,6 +261,13 @@ EXPORTER_BROKER_UP = Metric(
     "gauge",
     "1 if the last broker poll succeeded and the event subscription is up, else 0.",
 )
+EXPORTER_SOURCE_RECONNECTS = Metric(
+    "celery_exporter_event_source_reconnects_total",
+    "counter",
+    "Event-source reconnects, by reason: closed (Redis closed the subscription: restart, "
+    "CLIENT KILL, output buffer limit), auth, permission, protocol, timeout, error.",
+    ("reason",),
+)
 EXPORTER_POLL_AGE = Metric(
     "celery_exporter_broker_poll_age_seconds",
     "gauge",
@@ -334,6 +341,7 @@ ALL: tuple[Metric, ...] = (
     EXPORTER_BACKLOG,
     EXPORTER_LAG,
     EXPORTER_BROKER_UP,
+    EXPORTER_SOURCE_RECONNECTS,
     EXPORTER_POLL_AGE,
     EXPORTER_TRACKED,
     EXPORTER_EVICTED,

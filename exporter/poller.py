@@ -25,6 +25,7 @@ import redis
 import structlog
 from kombu import Connection
 
+from exporter.broker import BrokerIsCluster, cluster_message, is_cluster_error, refuse_cluster
 from exporter.periodic import Periodic
 
 log = structlog.get_logger(__name__)
@@ -92,8 +93,11 @@ class RedisBrokerPoller:
         sent_time: Callable[[str], float | None],
         global_keyprefix: str,
         max_queues: int,
+        broker_url: str = "",
     ) -> None:
         self.client = client
+        self.broker_url = broker_url
+        self._cluster_checked = False
         self.sent_time = sent_time
         self.prefix = global_keyprefix
         self.max_queues = max_queues
@@ -114,6 +118,19 @@ class RedisBrokerPoller:
         return queues
 
     def poll(self, queues: Iterable[str], now: float) -> BrokerView:
+        try:
+            return self._poll(queues, now)
+        except redis.ResponseError as exc:
+            # A cluster node answers key commands with MOVED/CROSSSLOT/CLUSTERDOWN; say what
+            # that means instead of repeating the redirection (INFO may be denied by ACL).
+            if is_cluster_error(exc):
+                raise BrokerIsCluster(cluster_message(self.broker_url)) from None
+            raise
+
+    def _poll(self, queues: Iterable[str], now: float) -> BrokerView:
+        if not self._cluster_checked:
+            refuse_cluster(self.client, self.broker_url)
+            self._cluster_checked = True
         if now - self._discovered_at >= DISCOVERY_INTERVAL:
             self.discovered = self.discover()
             self._discovered_at = now
@@ -226,10 +243,13 @@ class PollerThread(Periodic):
         poller: RedisBrokerPoller | AmqpBrokerPoller,
         interval: float,
         queues: Callable[[], Iterable[str]],
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(interval)
+        # A short join: a poll stuck on an unanswering broker must not delay shutdown.
+        super().__init__(interval, join_timeout=1.0)
         self.poller = poller
         self.queues = queues
+        self.on_fatal = on_fatal
         self.view = BrokerView()
 
     def step(self) -> None:
@@ -237,3 +257,5 @@ class PollerThread(Periodic):
 
     def failed(self, exc: Exception) -> None:
         self.view = dataclasses.replace(self.view, up=False)
+        if isinstance(exc, BrokerIsCluster) and self.on_fatal is not None:
+            self.on_fatal(str(exc))

@@ -22,10 +22,16 @@ def test_receiver_source_counts_tasks_and_amqp_poller_reports_queues(  # type: i
     queue = f"obs-{uuid.uuid4().hex[:8]}"  # private to this run on a shared broker
     idle = f"{queue}-idle"
     node = f"amqp-{queue}@test"
-    env = celery_env(redis_server)
+    # A worker 5 h 45 min ahead of UTC (a POSIX TZ needs no tzdata): event timestamps are
+    # Unix time, so lag and queue wait must not move by the offset (Celery's receiver
+    # "localizes" them unless asked not to).
+    env = celery_env(redis_server, TZ="NPT-5:45")
     env["CELERY_BROKER_URL"] = rabbitmq_url
     exporter = ExporterProcess(
-        procs, rabbitmq_url, args=["--queues", f"{queue},{idle}", "--event-source", "auto"]
+        procs,
+        rabbitmq_url,
+        args=["--queues", f"{queue},{idle}", "--event-source", "auto"],
+        env={"TZ": "UTC"},
     ).start()
     CeleryWorker(procs, env, queues=[queue, idle], nodename=node).start()
     app = Celery("amqp-client", broker=rabbitmq_url, set_as_current=False)
@@ -45,5 +51,9 @@ def test_receiver_source_counts_tasks_and_amqp_poller_reports_queues(  # type: i
     assert scrape.value("celery_worker_up", hostname=node) == 1
     assert scrape.value("celery_queue_length", queue_name=idle) == 0
     assert scrape.value("celery_exporter_broker_up") == 1
+    lag = scrape.value("celery_exporter_event_lag_seconds")
+    assert lag is not None and 0 <= lag < 60, lag
+    wait_sum = scrape.value("celery_task_queue_wait_time_sum", **labels)
+    assert wait_sum is not None and 0 <= wait_sum < 4 * 60, wait_sum
     credentials = urlsplit(rabbitmq_url)
     assert f"{credentials.username}:{credentials.password}" not in exporter.log_text()

@@ -2,16 +2,27 @@
 
 Why two threads. Redis disconnects a pub/sub subscriber whose output buffer passes
 ``client-output-buffer-limit pubsub`` (32 MB hard, 8 MB for 60 s by default) — that is how
-other exporters lose events under load. So one thread does nothing but drain the socket
-(recv releases the GIL; the thread holds it only to queue each chunk), and a second thread
-parses the stream with hiredis, decodes the messages and applies them to the state. A burst
-that outruns decoding waits in this process's memory, where it is measured
-(``celery_exporter_event_backlog_bytes``, lag, a log line) and bounded
-(``--max-backlog-bytes``; past it messages are only counted as dropped, which is cheap, never
-silently lost), instead of in Redis, where the subscriber would be cut off.
+other exporters lose events under load. So one thread does little but drain the socket
+(recv releases the GIL; the thread holds it only to split each chunk into replies with
+hiredis, in C, and queue the event payloads), and a second thread decodes the payloads and
+applies them to the state. A burst that outruns decoding waits in this process's memory,
+where it is measured (``celery_exporter_event_backlog_bytes``, lag, a log line) and bounded
+(``--max-backlog-bytes``), instead of in Redis, where the subscriber would be cut off.
 
-redis-py makes the connection (URL parsing, AUTH/ACL user, SELECT, TLS, keepalive); only
-the hot read loop is ours.
+Who owns what. The reader thread owns the connection, its RESP parser and the subscription
+state (``subscribed``, ``dropped``, ``reconnects``): it alone recognises the
+subscription's own replies — the PSUBSCRIBE confirmation, PONG, an error such as
+``-NOAUTH`` after a password rotation or ``-NOPERM`` after an ACL change — so whatever ends
+a connection (an error reply, an unparseable stream, Redis closing it, no answer to PING)
+is handled where the connection lives: close it, count the reason
+(``celery_exporter_event_source_reconnects_total``), log it once, reconnect with capped
+backoff and a fresh parser. Past the backlog cap the reader drops a chunk's messages
+*before* queueing them (counted in ``celery_exporter_events_dropped_total``), so memory
+stays bounded however slow decoding is. The processor thread only consumes: it never
+touches the connection.
+
+redis-py makes the connection (URL parsing, AUTH/ACL user, SELECT, TLS, Sentinel,
+keepalive); only the hot read loop is ours.
 """
 
 from __future__ import annotations
@@ -22,37 +33,51 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import hiredis
 import redis
 import structlog
 
+from exporter.broker import (
+    RECONNECT_REASONS,
+    SubscriptionClosed,
+    SubscriptionRefused,
+    event_pattern,
+    reason_of,
+)
 from exporter.decode import Rejected, decode_envelope
 from exporter.state import State
+
+__all__ = ["Backoff", "RedisEventSource", "event_pattern"]
 
 log = structlog.get_logger(__name__)
 
 RECV_BYTES = 1 << 20
+# hiredis compacts its buffer (a memmove of everything unread) each time a reply leaves
+# 1 KiB consumed behind it, so one 1 MiB feed costs ~1 GB of memmove: feed in slices.
+FEED_BYTES = 16 * 1024
 BEHIND_BYTES = 32 * 1024 * 1024  # a few hundred ms of a heavy stream: worth a log line
-NEW_CONNECTION = ("new-connection",)
 MAX_SCRAPE_PAUSE_SECONDS = 0.5
 GATHER_SECONDS = 0.005
 TRICKLE_BYTES = 64 * 1024  # under this per read, the stream is a trickle (< ~1 MB/s)...
 TRICKLE_SECONDS = 0.05  # ...worth 50 ms of latency to wake 10x less often
+READ_TIMEOUT_SECONDS = 1.0
 IDLE_PING_SECONDS = 10.0
 DEAD_AFTER_SECONDS = 30.0
+DEFAULT_BACKOFF_CAP = 5.0
+JOIN_SECONDS = 2.0
+PMESSAGE = b"pmessage"
+PSUBSCRIBE = b"psubscribe"
+PING = b"*1\r\n$4\r\nPING\r\n"
 
-
-def event_pattern(db: int, global_keyprefix: str = "") -> str:
-    """The channel pattern kombu publishes Celery events on (fanout over pub/sub)."""
-    return f"{global_keyprefix}/{db}.celeryev/*"
+# (received at, event payloads, bytes they took on the wire)
+Batch = tuple[float, list[bytes], int]
 
 
 class Backoff:
     """Capped exponential backoff with full jitter, for reconnect loops."""
 
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+    def __init__(self, base: float = 0.1, cap: float = DEFAULT_BACKOFF_CAP) -> None:
         self.base, self.cap, self.attempt = base, cap, 0
 
     def next_delay(self) -> float:
@@ -74,21 +99,26 @@ class RedisEventSource:
         pattern: str,
         max_backlog_bytes: int,
         housekeeping: Callable[[], None] | None = None,
+        retry_interval: float = 0.0,
     ) -> None:
         self.client = client
         self.state = state
         self.pattern = pattern
         self.max_backlog_bytes = max_backlog_bytes
         self.housekeeping = housekeeping
+        # Written by the reader thread only (scrapes read them).
         self.subscribed = False
-        self.reconnects = 0
-        self.dropped = 0  # messages; written by the processor thread only
-        self.bytes_in = 0  # written by the reader thread only
-        self.bytes_done = 0  # written by the processor thread only
-        self._batches: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.dropped = 0  # messages dropped before queueing, past the backlog cap
+        self.reconnects = dict.fromkeys(RECONNECT_REASONS, 0)
+        self.bytes_queued = 0
+        # Written by the processor thread only.
+        self.bytes_done = 0
+        self._batches: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._conn: redis.connection.AbstractConnection | None = None
         self._threads: list[threading.Thread] = []
+        self._backoff = Backoff(cap=retry_interval if retry_interval > 0 else DEFAULT_BACKOFF_CAP)
+        self._ever_subscribed = False
+        self._logged_reason: str | None = None  # the reason already logged in this outage
         self._last_drop_log = 0.0
         self._last_behind_log = 0.0
         # Scrapes come first: while one is served, the processor parks (the reader keeps
@@ -113,7 +143,7 @@ class RedisEventSource:
 
     @property
     def backlog_bytes(self) -> int:
-        return max(0, self.bytes_in - self.bytes_done)
+        return max(0, self.bytes_queued - self.bytes_done)
 
     def start(self) -> None:
         self._threads = [
@@ -124,49 +154,48 @@ class RedisEventSource:
             thread.start()
 
     def stop(self) -> None:
+        """Stop both threads promptly; a backlog is abandoned, not drained (the process is
+        exiting, and a restarted exporter counts from zero anyway)."""
         self._stop.set()
-        self._batches.put(None)
-        self._disconnect()
+        self._batches.put(None)  # wakes an idle processor
+        deadline = time.monotonic() + JOIN_SECONDS
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------ reader thread
 
     def _read_forever(self) -> None:
-        backoff = Backoff()
         while not self._stop.is_set():
             try:
-                sock = self._subscribe()
-                backoff.reset()
-                self._drain(sock)
-            except Exception as exc:  # network, protocol, or a bug: never end the thread
+                self._subscribe_and_drain()
+            except Exception as exc:  # network, protocol, refusal, or a bug: never end
                 if self._stop.is_set():
                     break
-                if not isinstance(exc, (OSError, redis.RedisError, hiredis.ProtocolError)):
-                    log.exception("unexpected error in the event reader")
                 self._lost(exc)
-                self._stop.wait(backoff.next_delay())
-            finally:
-                self._disconnect()
+                self._stop.wait(self._backoff.next_delay())
 
-    def _subscribe(self) -> socket.socket:
+    def _subscribe_and_drain(self) -> None:
         conn = self.client.connection_pool.make_connection()
-        self._conn = conn
-        conn.connect()
-        conn.send_command("PSUBSCRIBE", self.pattern)
-        sock = conn._sock  # redis-py's connected (and, for rediss, TLS-wrapped) socket
-        if sock is None:
-            raise redis.ConnectionError("connection closed while subscribing")
-        sock.settimeout(1.0)
-        self._batches.put(NEW_CONNECTION)  # the processor starts a fresh RESP parser
-        return sock
+        try:
+            conn.connect()  # TCP/TLS, AUTH, SELECT; through Sentinel: finds the master first
+            conn.send_command("PSUBSCRIBE", self.pattern)
+            sock = conn._sock  # redis-py's connected (and, for rediss, TLS-wrapped) socket
+            if sock is None:
+                raise SubscriptionClosed("connection closed while subscribing")
+            sock.settimeout(READ_TIMEOUT_SECONDS)
+            self._drain(sock, hiredis.Reader())  # a fresh parser for every connection
+        finally:
+            self.subscribed = False
+            conn.disconnect()
 
-    def _drain(self, sock: socket.socket) -> None:
-        """Read until the connection drops, handing raw chunks to the processor.
+    def _drain(self, sock: socket.socket, parser: hiredis.Reader) -> None:
+        """Read until the connection ends, queueing each chunk's event payloads.
 
-        Nothing but recv() happens here, so this thread needs the GIL only for an instant
-        per megabyte and keeps Redis's output buffer empty even while decoding falls behind.
+        Per chunk this thread holds the GIL only to split it into replies (hiredis, in C)
+        and queue the payloads, so it keeps Redis's output buffer empty even while decoding
+        falls behind. Every other reply is the subscription's own business, handled here.
         """
+        feed, gets = parser.feed, parser.gets
         last_data = last_ping = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -174,100 +203,84 @@ class RedisEventSource:
             except TimeoutError:
                 now = time.monotonic()
                 if now - last_data > DEAD_AFTER_SECONDS:
-                    raise redis.TimeoutError("no reply from Redis to PING") from None
+                    raise redis.TimeoutError(
+                        f"no reply from Redis to PING in {DEAD_AFTER_SECONDS:g} s"
+                    ) from None
                 if now - last_ping > IDLE_PING_SECONDS:
-                    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    sock.sendall(PING)
                     last_ping = now
                 continue
             if not chunk:
-                raise redis.ConnectionError("Redis closed the subscription")
+                raise SubscriptionClosed("Redis closed the connection")
             last_data = time.monotonic()
-            if len(chunk) < RECV_BYTES:
+            payloads: list[bytes] = []
+            append = payloads.append
+            size = len(chunk)
+            try:
+                for offset in range(0, size, FEED_BYTES):
+                    feed(chunk, offset, min(FEED_BYTES, size - offset))
+                    while (reply := gets()) is not False:
+                        if reply.__class__ is list and reply[0] == PMESSAGE:
+                            append(reply[3])
+                        else:
+                            self._control(reply)
+            finally:  # the messages before an error reply or a corrupt byte are good
+                if payloads:
+                    self._queue(payloads, size)
+            if size < RECV_BYTES:
                 # Drained: let the stream gather in the kernel buffer rather than wake (and
                 # take the GIL from decoding or a scrape) for every packet. A trickle waits
                 # longer: its cost is wake-ups, not bytes (bench/RESULTS.md, overhead).
-                time.sleep(GATHER_SECONDS if len(chunk) >= TRICKLE_BYTES else TRICKLE_SECONDS)
-            # Past the cap a chunk is only parsed and counted, never decoded: memory stays
-            # bounded by what the cheap path can clear.
-            drop = self.backlog_bytes > self.max_backlog_bytes
-            self.bytes_in += len(chunk)
-            self._batches.put((time.time(), chunk, drop))
+                time.sleep(GATHER_SECONDS if size >= TRICKLE_BYTES else TRICKLE_SECONDS)
 
-    def _lost(self, exc: BaseException) -> None:
-        if self.subscribed or self.reconnects == 0:
-            log.warning("event subscription lost; reconnecting", error=str(exc))
-        self.subscribed = False
-        self.reconnects += 1
+    def _control(self, reply: object) -> None:
+        """A reply that is not an event: the subscription's confirmation, PONG, or an error."""
+        if isinstance(reply, hiredis.ReplyError):
+            raise SubscriptionRefused(str(reply))
+        if reply.__class__ is list and reply and reply[0] == PSUBSCRIBE:  # type: ignore[index]
+            self._on_subscribed()
+        # PONG (["pong", ""]) and anything else: the connection is alive; nothing to do.
 
-    def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.disconnect()
+    def _queue(self, payloads: list[bytes], size: int) -> None:
+        """Hand payloads to the processor, or past the cap drop them here, uncopied."""
+        if self.bytes_queued - self.bytes_done > self.max_backlog_bytes:
+            self._drop(len(payloads))
+            return
+        self.bytes_queued += size
+        self._batches.put((time.time(), payloads, size))
 
-    # ------------------------------------------------------------------ processor thread
-
-    def _process_forever(self) -> None:
-        parser = hiredis.Reader()
-        next_housekeeping = time.monotonic() + 1.0
-        while True:
-            try:
-                batch = self._batches.get(timeout=1.0)
-            except queue.Empty:
-                batch = ()
-            if batch is None:
-                return
-            if batch is NEW_CONNECTION:
-                parser = hiredis.Reader()
-            elif batch:
-                received, chunk, drop = batch
-                try:
-                    self._apply(parser, received, chunk, drop)
-                except hiredis.ProtocolError:
-                    log.error("unreadable reply stream from Redis; resubscribing")
-                    parser = hiredis.Reader()
-                    self._disconnect()  # the reader reconnects
-                self.bytes_done += len(chunk)
-                self.state.flush_pending()
-                self._watch_backlog()
-            if self.housekeeping is not None and time.monotonic() >= next_housekeeping:
-                next_housekeeping = time.monotonic() + 1.0
-                self.housekeeping()
-
-    def _apply(self, parser: hiredis.Reader, received: float, chunk: bytes, drop: bool) -> None:
-        state = self.state
-        parser.feed(chunk)
-        while (reply := parser.gets()) is not False:
-            if type(reply) is not list or not reply:
-                continue
-            if self.scrape_waiting:
-                self._yield_to_scrape()
-            kind = reply[0]
-            if kind == b"pmessage":
-                if drop:
-                    self._drop()
-                    continue
-                try:
-                    events = decode_envelope(reply[3])
-                except Rejected as exc:
-                    state.reject(exc.reason)
-                    continue
-                try:
-                    state.apply(events, received)
-                except Exception:  # a bug must cost one message, never the exporter
-                    state.reject("internal_error")
-                    log.exception("failed to apply an event message")
-            elif kind == b"psubscribe":
-                self._subscribed()
-
-    def _subscribed(self) -> None:
-        if self.reconnects:
+    def _on_subscribed(self) -> None:
+        self.subscribed = True
+        self._backoff.reset()
+        self._logged_reason = None
+        if self._ever_subscribed:
             log.info("event subscription restored", pattern=self.pattern)
         else:
             log.info("subscribed to events", pattern=self.pattern)
-        self.subscribed = True
+        self._ever_subscribed = True
 
-    def _drop(self) -> None:
-        self.dropped += 1
+    def _lost(self, exc: BaseException) -> None:
+        """Count why the connection ended; log it once per outage and reason."""
+        reason = reason_of(exc)
+        self.reconnects[reason] += 1
+        was_subscribed = self._logged_reason is None and self._ever_subscribed
+        if reason == self._logged_reason:
+            return
+        self._logged_reason = reason
+        if not isinstance(exc, (OSError, redis.RedisError, hiredis.ProtocolError)):
+            log.error("unexpected error in the event reader; reconnecting", exc_info=exc)
+            return
+        log.warning(
+            "event subscription lost; reconnecting"
+            if was_subscribed
+            else "cannot subscribe to events; retrying",
+            reason=reason,
+            error=str(exc),
+            pattern=self.pattern,
+        )
+
+    def _drop(self, messages: int) -> None:
+        self.dropped += messages
         now = time.monotonic()
         if now - self._last_drop_log > 10:
             self._last_drop_log = now
@@ -277,6 +290,48 @@ class RedisEventSource:
                 backlog_bytes=self.backlog_bytes,
                 max_backlog_bytes=self.max_backlog_bytes,
             )
+
+    # ------------------------------------------------------------------ processor thread
+
+    def _process_forever(self) -> None:
+        next_housekeeping = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            try:
+                batch = self._batches.get(timeout=1.0)
+            except queue.Empty:
+                batch = None
+            if batch is not None:
+                try:
+                    self._apply(batch)
+                except Exception:  # a bug must cost one batch at most, never the thread
+                    self.state.reject("internal_error")
+                    log.exception("failed to process a batch of events")
+                self.bytes_done += batch[2]
+                self._watch_backlog()
+            if self.housekeeping is not None and time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + 1.0
+                try:
+                    self.housekeeping()
+                except Exception:
+                    log.exception("event housekeeping failed")
+
+    def _apply(self, batch: Batch) -> None:
+        received, payloads, _size = batch
+        state = self.state
+        for payload in payloads:
+            if self.scrape_waiting:
+                self._yield_to_scrape()
+            try:
+                events = decode_envelope(payload)
+            except Rejected as exc:
+                state.reject(exc.reason)
+                continue
+            try:
+                state.apply(events, received)
+            except Exception:  # a bug must cost one message, never the exporter
+                state.reject("internal_error")
+                log.exception("failed to apply an event message")
+        state.flush_pending()
 
     def _watch_backlog(self) -> None:
         """Say so when decoding falls behind: never silently."""
