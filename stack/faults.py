@@ -50,6 +50,16 @@ class FaultError(Exception):
     """The fault cannot be caused now (one line for the user)."""
 
 
+# Dashboard panels each fault shows on, by title keyword (a test checks each one exists).
+PANELS: dict[str, tuple[str, ...]] = {
+    "kill-worker": ("Worker states", "Workers lost"),
+    "stop-redis": ("broker reachable",),
+    "flood": ("Queue length", "Drain time", "Oldest message age"),
+    "stop-beat": ("Periodic",),
+    "slow-task": ("running",),
+}
+
+
 @dataclass(frozen=True)
 class Watch:
     """What shows the fault: a line for the status page, a PromQL query, alerts, panels."""
@@ -169,10 +179,10 @@ def kill_worker(rt: Runtime, say: Say, worker: str = "email", seconds: float | N
     say_watch(
         rt,
         Watch(
-            status_page=f'worker {hostname} turns "down" within ~{WORKER_DOWN_SECONDS:g} s',
-            metric=f'celery_worker_up{{hostname="{hostname}"}}',
+            status_page=f'worker {hostname} turns "down (lost)" within ~{WORKER_DOWN_SECONDS:g} s',
+            metric=f'celery_worker_state{{hostname="{hostname}",state="lost"}}',
             alerts=("CeleryWorkerDown", "CeleryTaskLost"),
-            panels=("Worker up/down", "Workers down"),
+            panels=PANELS["kill-worker"],
         ),
         say,
     )
@@ -204,7 +214,7 @@ def stop_redis(rt: Runtime, say: Say, seconds: float | None = None) -> None:
             status_page='broker "down", figures frozen at the last poll',
             metric="celery_exporter_broker_up",
             alerts=("CeleryBrokerUnreachable",),
-            panels=("broker reachable",),
+            panels=PANELS["stop-redis"],
         ),
         say,
     )
@@ -241,7 +251,7 @@ def flood(rt: Runtime, say: Say, queue: str = "email", count: int = FLOOD_COUNT)
                 "CeleryQueueBacklogGrowing",
                 "CeleryQueueOldestMessageTooOld",
             ),
-            panels=("Queue length", "Drain time", "Oldest message age"),
+            panels=PANELS["flood"],
         ),
         say,
     )
@@ -283,7 +293,7 @@ def stop_beat(rt: Runtime, say: Say, seconds: float | None = None) -> None:
             status_page="the sent rate drops by the periodic tasks' share",
             metric="time() - celery_task_last_sent_timestamp_seconds",
             alerts=("CeleryPeriodicTaskMissed",),
-            panels=("Periodic",),
+            panels=PANELS["stop-beat"],
         ),
         say,
     )
@@ -328,7 +338,7 @@ def slow_task(rt: Runtime, say: Say, sleep: float = 60.0) -> None:
             status_page=f"worker {worker_hostname('default')}: 1 active task",
             metric=f'celery_task_oldest_running_age_seconds{{name="{SLOW_TASK}"}}',
             alerts=("CeleryTaskRunningTooLong",),
-            panels=("running",),
+            panels=PANELS["slow-task"],
         ),
         say,
     )

@@ -310,6 +310,13 @@ def test_the_readme_tour_lists_every_fault_the_command_has() -> None:
     assert all(name in listed for name in FAULTS)
 
 
+def test_every_panel_a_fault_points_at_exists() -> None:
+    from stack.faults import PANELS, find_panels
+
+    for fault, keywords in PANELS.items():
+        assert len(find_panels(keywords)) == len(keywords), (fault, keywords)
+
+
 def test_missing_binary_is_named_with_how_to_install_it(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/nonexistent"}
     result = run_stack_py("--state-dir", str(tmp_path), env=env)
@@ -505,18 +512,17 @@ def test_fault_tour_kill_worker_shows_it_down_alerts_and_heals(fast_stack: Runni
         said = result.stdout
         assert f"SIGKILLed worker-email ({hostname}, pid {before}" in said
         assert stack.url("exporter", "/") in said  # the status page
-        assert f'celery_worker_up{{hostname="{hostname}"}}' in said
+        assert f'celery_worker_state{{hostname="{hostname}",state="lost"}}' in said
         assert "CeleryWorkerDown (fires after for: 2 s)" in said
         runbook = stack.url("webhook", "/runbooks/CeleryWorkerDown.md")
         assert runbook in said and http_get(runbook)[0] == 200
-        assert "Celery overview > Worker up/down" in said
+        assert "Celery overview > Worker states" in said
         assert stack.component("worker-email")["state"] == "held"
 
         # The exporter shows it down ...
         wait_until(lambda: worker_up() == 0, timeout=30, message=f"{hostname} down")
         metrics = parse(http_get(stack.url("exporter", "/metrics"))[1])
-        if metrics.series("celery_worker_state"):  # once the exporter serves worker states
-            assert metrics.value("celery_worker_state", hostname=hostname, state="lost") == 1
+        assert metrics.value("celery_worker_state", hostname=hostname, state="lost") == 1
         # ... CeleryWorkerDown reaches Alertmanager's receiver ...
         wait_until(
             lambda: any(
