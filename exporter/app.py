@@ -20,14 +20,13 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__, broker
-from exporter.collector import ObservatoryCollector, ScrapeView, SourceStatus, families, gather
+from exporter.collector import ScrapeView, SourceStatus, families, gather
 from exporter.config import Config
-from exporter.exposition import CONTENT_TYPE, TextRenderer
+from exporter.exposition import CONTENT_TYPES, OPENMETRICS, Renderer, exposition
 from exporter.http import Endpoints, ExporterApp, RequestPriority, reload_web_config
 from exporter.httpserver import HttpServer
 from exporter.inspector import InspectorThread, InspectView
 from exporter.logs import mask_url
-from exporter.negotiate import OPENMETRICS, TEXT
 from exporter.poller import AmqpBrokerPoller, PollerThread, RedisBrokerPoller
 from exporter.sources.celery_receiver import ReceiverEventSource
 from exporter.sources.redis_pubsub import RedisEventSource
@@ -92,15 +91,12 @@ class Exporter:
             if config.inspect_interval > 0
             else None
         )
-        self.renderer = TextRenderer()
+        self.renderer = Renderer(config.metric_prefix, config.static_labels)
         self._render_lock = threading.Lock()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ObservatoryCollector(self.view))
-        # Process, platform and GC metrics: appended to the fast text, and in OpenMetrics.
+        # Process, platform and GC metrics, rendered by prometheus_client after ours.
         self.process_registry = CollectorRegistry(auto_describe=False)
-        for registry in (self.process_registry, self.registry):
-            for collector in (ProcessCollector, PlatformCollector, GCCollector):
-                collector(registry=registry)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.process_registry)
         self.http: HttpServer | None = None
         self._events_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -145,10 +141,7 @@ class Exporter:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         endpoints = Endpoints(
             metrics=self.render,
-            content_types={
-                OPENMETRICS: openmetrics.exposition.CONTENT_TYPE_LATEST,
-                TEXT: CONTENT_TYPE,
-            },
+            content_types=CONTENT_TYPES,
             status=self.status,
             ready=self.ready,
             index_html=resources.files("exporter").joinpath("static/index.html").read_bytes(),
@@ -295,16 +288,17 @@ class Exporter:
 
     def render(self, fmt: str) -> bytes:
         """The exposition in ``fmt`` (``"openmetrics"`` or ``"text"``, from Accept)."""
-        if fmt == OPENMETRICS:
-            return openmetrics.exposition.generate_latest(self.registry)
-        return self.render_text().encode()
-
-    def render_text(self) -> str:
         # One render at a time: the label cache is shared, and concurrent scrapes of a
         # large exposition would only compete for the GIL.
         with self._render_lock:
-            text = self.renderer.render(families(self.view()))
-        return text + generate_latest(self.process_registry).decode()
+            body = exposition(self.renderer, families(self.view()), fmt, self._process_metrics)
+        return body.encode()
+
+    def _process_metrics(self, fmt: str) -> str:
+        if fmt == OPENMETRICS:
+            text = openmetrics.exposition.generate_latest(self.process_registry).decode()
+            return text.removesuffix("# EOF\n")
+        return generate_latest(self.process_registry).decode()
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         broker = self.poller.view

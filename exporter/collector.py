@@ -1,9 +1,9 @@
 """The collector: turns one scrape's snapshots into metric families.
 
 ``families(view)`` is the single place that maps state to the metric contract. Two
-renderers read it: ``exposition.render_text`` (the fast path for the Prometheus text
-format) and ``ObservatoryCollector`` below, a ``prometheus_client`` collector used for
-OpenMetrics and by anyone embedding the exporter in their own registry.
+renderers read it: ``exposition.Renderer`` (what ``/metrics`` serves, in text and
+OpenMetrics) and ``ObservatoryCollector`` below, a ``prometheus_client`` collector for
+anyone embedding the exporter in their own registry and the renderer's reference in tests.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from prometheus_client.core import (
     Metric as ClientMetric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar as ClientExemplar
+from prometheus_client.samples import Sample as ClientSample
 
 from exporter import metrics as m
 from exporter.decode import DECODE_REJECT_REASONS
@@ -46,17 +48,29 @@ HistogramSample = tuple[tuple[str, ...], list[int], float]
 
 
 @dataclass(frozen=True)
+class Exemplar:
+    """An OpenMetrics exemplar: the labels (a trace id) of one observation behind a sample."""
+
+    labels: Mapping[str, str]
+    value: float
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     """One metric and its samples; histogram samples carry cumulative bucket counts.
 
     ``created`` maps a sample's label values to the Unix time its series was created (the
     ``_created`` sample of counters and histograms); a label set missing from it has none.
+    ``exemplars`` maps label values to {bucket index (0 for a counter): exemplar}; only
+    OpenMetrics shows them. Nothing records exemplars yet: Celery events carry no trace id.
     """
 
     metric: m.Metric
     samples: Iterable[Sample] | Iterable[HistogramSample]
     bounds: tuple[float, ...] = ()
     created: Mapping[tuple[str, ...], float] | None = None
+    exemplars: Mapping[tuple[str, ...], Mapping[int, Exemplar]] | None = None
 
 
 @dataclass(frozen=True)
@@ -263,28 +277,62 @@ def families(view: ScrapeView) -> Iterator[Family]:
     yield from _exporter_families(view)
 
 
-def _client_family(family: Family) -> ClientMetric:
-    metric = family.metric
-    labels = list(metric.labels)
+def _client_exemplar(exemplar: Exemplar | None) -> ClientExemplar | None:
+    if exemplar is None:
+        return None
+    return ClientExemplar(dict(exemplar.labels), exemplar.value, exemplar.timestamp)
+
+
+def _client_family(
+    family: Family, prefix: str = "celery_", static: Mapping[str, str] | None = None
+) -> ClientMetric:
+    """``family`` as prometheus_client builds it (the reference the renderer is tested on)."""
+    metric, static = family.metric, dict(static or {})
+    name = prefix + metric.family.removeprefix("celery_")
+    labels = [*metric.labels, *static]
+    created, exemplars = family.created or {}, family.exemplars or {}
     if metric.kind == "histogram":
-        hist = HistogramMetricFamily(metric.family, metric.help, labels=labels)
+        hist = HistogramMetricFamily(name, metric.help, labels=labels, unit=metric.unit)
         les = [*(repr(float(b)) for b in family.bounds), "+Inf"]
         for values, cumulative, total in family.samples:
-            hist.add_metric(list(values), list(zip(les, cumulative, strict=True)), total)
+            marks = exemplars.get(values, {})
+            buckets = [
+                (le, n, _client_exemplar(marks.get(i)))
+                for i, (le, n) in enumerate(zip(les, cumulative, strict=True))
+            ]
+            full = [*values, *static.values()]
+            hist.add_metric(full, buckets, total)  # type: ignore[arg-type]
+            if (ts := created.get(values)) is not None:
+                label_dict = dict(zip(labels, full, strict=True))
+                hist.samples.append(ClientSample(f"{hist.name}_created", label_dict, ts))
         return hist
-    cls = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
-    out = cls(metric.family, metric.help, labels=labels)
+    if metric.kind == "counter":
+        counter = CounterMetricFamily(name, metric.help, labels=labels, unit=metric.unit)
+        for values, value in family.samples:
+            exemplar = _client_exemplar(exemplars.get(values, {}).get(0))
+            full = [*values, *static.values()]
+            counter.add_metric(full, value, created.get(values), exemplar=exemplar)
+        return counter
+    gauge = GaugeMetricFamily(name, metric.help, labels=labels, unit=metric.unit)
     for values, value in family.samples:
-        out.add_metric(list(values), value)
-    return out
+        gauge.add_metric([*values, *static.values()], value)
+    return gauge
 
 
 class ObservatoryCollector(Collector):
-    """A ``prometheus_client`` collector over the same families (used for OpenMetrics)."""
+    """A ``prometheus_client`` collector over the same families, for anyone embedding the
+    exporter in their own registry, and the reference the fast renderer is tested against."""
 
-    def __init__(self, view_factory: Any) -> None:
+    def __init__(
+        self,
+        view_factory: Any,
+        metric_prefix: str = "celery_",
+        static_labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.view_factory = view_factory
+        self.metric_prefix = metric_prefix
+        self.static_labels = dict(static_labels or {})
 
     def collect(self) -> Iterator[ClientMetric]:
         for family in families(self.view_factory()):
-            yield _client_family(family)
+            yield _client_family(family, self.metric_prefix, self.static_labels)

@@ -15,6 +15,7 @@ Kind = Literal["counter", "gauge", "histogram"]
 
 TASK_LABELS = ("name", "hostname", "queue_name")
 FAILED_LABELS = ("name", "hostname", "queue_name", "exception")
+UNITS = ("seconds", "bytes", "ratio")  # base units a family name may end with
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,14 @@ class Metric:
         if self.kind == "counter":
             return self.name.removesuffix("_total")
         return self.name
+
+    @property
+    def unit(self) -> str:
+        """The OpenMetrics unit the family name ends with (``# UNIT``), or ""."""
+        for unit in UNITS:
+            if self.family.endswith("_" + unit):
+                return unit
+        return ""
 
 
 def _task_counter(event: str, help_text: str) -> Metric:

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 OPENMETRICS = "openmetrics"
 TEXT = "text"
 FORMATS = (OPENMETRICS, TEXT)
+# What Prometheus 2.x sends on every scrape (with Accept-Encoding: gzip). Tests and
+# bench/scrape.py send it too, so that they measure the path Prometheus takes.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 # What each format answers to: (type, subtype) -> the "version" parameters we can serve.
 _OFFERS = {

@@ -1,22 +1,28 @@
-"""The fast text renderer says exactly what prometheus_client would, and escapes hostile labels."""
+"""The renderer says exactly what prometheus_client would, in text and OpenMetrics, with
+--metric-prefix and --static-label, and escapes hostile labels."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest, openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import metrics
 from exporter.collector import (
+    Exemplar,
+    Family,
     ObservatoryCollector,
     SourceStatus,
+    _client_family,
     families,
     gather,
 )
 from exporter.decode import decode_envelope
-from exporter.exposition import TextRenderer
+from exporter.exposition import OPENMETRICS, TEXT, Renderer, exposition
 from exporter.inspector import InspectView
 from exporter.poller import BrokerView
 from exporter.state import Options, State
@@ -45,17 +51,26 @@ def corpus_state() -> State:
     return state
 
 
-def parsed(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
+Parsed = dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, object]]
+
+
+def parsed(text: str, fmt: str = TEXT) -> Parsed:
+    """Every sample (``_created`` included) and its exemplar, by name and labels."""
+    parse = om_families if fmt == OPENMETRICS else text_string_to_metric_families
+    out: Parsed = {}
+    for family in parse(text):
         for s in family.samples:
-            if s.name.endswith("_created"):
-                continue
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, key
+            out[key] = (s.value, s.exemplar)
     return out
 
 
-def test_fast_text_equals_prometheus_client_rendering() -> None:
+def metadata(text: str) -> dict[str, tuple[str, str, str]]:
+    return {f.name: (f.type, f.unit, f.documentation) for f in om_families(text)}
+
+
+def hostile_state() -> State:
     state = corpus_state()
     # Hostile label values: quotes, backslashes, newlines, control characters, huge names.
     state.apply(
@@ -71,18 +86,100 @@ def test_fast_text_equals_prometheus_client_rendering() -> None:
         ],
         received=1.0,
     )
-    make_view = view_of(state)
-    fast = TextRenderer().render(families(make_view()))
+    return state
+
+
+def reference(make_view, fmt: str, prefix: str = "celery_", static=None) -> str:  # type: ignore[no-untyped-def]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ObservatoryCollector(make_view))
-    reference = generate_latest(registry).decode()
-    assert parsed(fast) == parsed(reference)
-    assert len(parsed(fast)) > 100
+    registry.register(ObservatoryCollector(make_view, prefix, static))
+    if fmt == OPENMETRICS:
+        return openmetrics.exposition.generate_latest(registry).decode()
+    return generate_latest(registry).decode()
+
+
+def ours(make_view, fmt: str, prefix: str = "celery_", static=None) -> str:  # type: ignore[no-untyped-def]
+    return exposition(Renderer(prefix, static), families(make_view()), fmt, lambda _: "")
+
+
+@pytest.mark.parametrize("fmt", [TEXT, OPENMETRICS])
+def test_the_renderer_equals_prometheus_client_in_both_formats(fmt: str) -> None:
+    make_view = view_of(hostile_state())
+    fast, slow = ours(make_view, fmt), reference(make_view, fmt)
+    assert parsed(fast, fmt) == parsed(slow, fmt)
+    created = [name for name, _ in parsed(fast, fmt) if name.endswith("_created")]
+    assert len(created) > 20  # counters and histograms carry their creation time
+    assert len(parsed(fast, fmt)) > 100
+    if fmt == OPENMETRICS:
+        assert metadata(fast) == metadata(slow)
+        assert fast.endswith("# EOF\n")
+
+
+@pytest.mark.parametrize("fmt", [TEXT, OPENMETRICS])
+def test_metric_prefix_and_static_labels_reach_every_family_of_ours(fmt: str) -> None:
+    make_view = view_of(hostile_state())
+    static = {"env": 'pr"od', "cluster": "eu-1"}
+    fast = ours(make_view, fmt, "myapp_", static)
+    assert parsed(fast, fmt) == parsed(reference(make_view, fmt, "myapp_", static), fmt)
+    samples = parsed(fast, fmt)
+    assert all(name.startswith("myapp_") for name, _ in samples)
+    assert all(
+        ("env", 'pr"od') in labels and ("cluster", "eu-1") in labels for _, labels in samples
+    )
+    assert "myapp_task_sent_total" in {name for name, _ in samples}
+
+
+def test_openmetrics_spells_families_units_and_created_as_the_standard_says() -> None:
+    text = ours(view_of(corpus_state()), OPENMETRICS)
+    assert "# TYPE celery_task_sent counter\n" in text  # family named without _total
+    assert "# UNIT celery_queue_oldest_message_age_seconds seconds\n" in text
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("celery_task_sent_total{"))
+    assert lines[first + 1].startswith("celery_task_sent_created{")  # with its label set
+    assert lines.count("# EOF") == 1 and lines[-1] == "# EOF"
+    # The text format keeps prometheus_client's spelling: _created as a gauge after the family.
+    plain = ours(view_of(corpus_state()), TEXT)
+    assert "# TYPE celery_task_sent_total counter\n" in plain
+    assert "# TYPE celery_task_sent_created gauge\n" in plain
+    assert "# EOF" not in plain and "# UNIT" not in plain
+
+
+def test_exemplars_are_rendered_in_openmetrics_only() -> None:
+    bucket = Exemplar({"trace_id": "4bf92f35"}, 0.42, 1700000000.5)
+    tick = Exemplar({"trace_id": "c"}, 1.0)
+    fams = [
+        Family(
+            metrics.TASK_RUNTIME,
+            [(("t", "w", "q"), [1, 2, 2], 0.9)],
+            (0.5, 1.0),
+            created={("t", "w", "q"): 5.0},
+            exemplars={("t", "w", "q"): {0: bucket}},
+        ),
+        Family(
+            metrics.TASK_PROCESSED, [(("t", "w", "q"), 2)], exemplars={("t", "w", "q"): {0: tick}}
+        ),
+    ]
+    text = exposition(Renderer(), fams, OPENMETRICS, lambda _: "")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ListCollector(fams))
+    assert parsed(text, OPENMETRICS) == parsed(
+        openmetrics.exposition.generate_latest(registry).decode(), OPENMETRICS
+    )
+    marked = [v for v in parsed(text, OPENMETRICS).values() if v[1] is not None]
+    assert len(marked) == 2
+    assert " # " not in Renderer().render(fams, TEXT)
+
+
+class _ListCollector:
+    def __init__(self, fams: list[Family]) -> None:
+        self.fams = fams
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return [_client_family(f) for f in self.fams]
 
 
 def test_every_contract_family_is_rendered_with_its_type() -> None:
     make_view = view_of(corpus_state())
-    text = TextRenderer().render(families(make_view()))
+    text = Renderer().render(families(make_view()))
     rendered = {f.name: f.type for f in text_string_to_metric_families(text)}
     for metric in metrics.ALL:
         if metric.name == "celery_exporter_event_lag_seconds":
@@ -106,7 +203,7 @@ def test_hostile_label_values_are_cut_and_control_characters_spelled_out() -> No
         ],
         received=1.0,
     )
-    text = TextRenderer().render(families(view_of(state)()))
+    text = Renderer().render(families(view_of(state)()))
     line = next(ln for ln in text.splitlines() if ln.startswith("celery_task_sent_total{"))
     name = next(f for f in text_string_to_metric_families(text) if f.name == "celery_task_sent")
     value = name.samples[0].labels["name"]

@@ -24,6 +24,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from exporter.http import Endpoints, ExporterApp, RequestPriority
 from exporter.httpserver import HEADER_TIMEOUT_SECONDS, RESERVED_FDS, HttpServer
+from exporter.negotiate import PROMETHEUS_ACCEPT
 from exporter.webconfig import BasicAuth, WebConfig
 from tests.support.exporter import ExporterProcess, parse, publish_corpus
 from tests.support.procs import wait_until
@@ -69,11 +70,6 @@ def test_openmetrics_and_text_agree_and_gzip_is_honoured(procs, redis_server) ->
 
 
 # --------------------------------------------------------------------------- negotiation
-
-PROMETHEUS_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
 
 
 def request(port: int, method: str = "GET", path: str = "/metrics", **headers: str):  # type: ignore[no-untyped-def]

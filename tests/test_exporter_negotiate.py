@@ -9,12 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.negotiate import OPENMETRICS, TEXT, choose_encoding, choose_format, parse_list
-
-PROMETHEUS_2 = (
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+from exporter.negotiate import (
+    OPENMETRICS,
+    TEXT,
+    choose_encoding,
+    choose_format,
+    parse_list,
 )
+from exporter.negotiate import PROMETHEUS_ACCEPT as PROMETHEUS_2
+
 PROMETHEUS_3 = (
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
     "application/openmetrics-text;version=0.0.1;q=0.4,"

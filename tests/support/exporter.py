@@ -1,8 +1,10 @@
-"""Run the real exporter as a subprocess and read its /metrics like Prometheus would."""
+"""Run the real exporter as a subprocess and read its /metrics like Prometheus would: with
+Prometheus' Accept header and gzip, so OpenMetrics, parsed by the strict OpenMetrics parser."""
 
 from __future__ import annotations
 
 import base64
+import gzip
 import ssl
 import urllib.error
 import urllib.request
@@ -12,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.negotiate import PROMETHEUS_ACCEPT
 from tests.support.procs import PYTHON, ManagedProcess, ProcessTracker, free_port, wait_until
 
 
@@ -37,10 +41,15 @@ class Scrape:
         return sum(v for k, v in self.series(metric).items() if want <= k)
 
 
+SCRAPE_HEADERS = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+
+
 def parse(text: str) -> Scrape:
+    """Either format: OpenMetrics (it ends with ``# EOF``) or text 0.0.4."""
     samples: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
     types: dict[str, str] = {}
-    for family in text_string_to_metric_families(text):
+    parser = parse_om if text.endswith("# EOF\n") else text_string_to_metric_families
+    for family in parser(text):
         types[family.name] = family.type
         for sample in family.samples:
             samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
@@ -57,7 +66,10 @@ def http_get(
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            return response.status, response.read().decode()
+            body = response.read()
+            if response.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            return response.status, body.decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
 
@@ -120,7 +132,8 @@ class ExporterProcess:
         return http_get(self.url(path), **kwargs)
 
     def scrape(self) -> Scrape:
-        status, text = self.get("/metrics")
+        """/metrics as Prometheus asks for it (OpenMetrics, gzip)."""
+        status, text = self.get("/metrics", headers=SCRAPE_HEADERS)
         assert status == 200, text
         return parse(text)
 
