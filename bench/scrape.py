@@ -1,13 +1,17 @@
-"""Scrape benchmark: /metrics latency at 1k, 10k and 100k series while events stream in.
+"""Scrape benchmark: /metrics latency at 1k, 10k and 100k series, idle and under ingest,
+with Prometheus' own request beside a text/plain one.
 
     python bench/scrape.py                         # exporter and Flower, 1k/10k/100k series
     python bench/scrape.py --series 10000 --consumers exporter --ingest-rate 100000
 
 For each consumer and target series count: seed label sets (task name x worker) with one
-full task lifecycle each until /metrics holds about that many series, start the publisher of
-bench/ingest.py at the consumer's --ingest-rate (default: half the highest lossless rate in
-bench/out/ingest.json, per consumer), and time sequential scrapes (gzip accepted, as
-Prometheus asks). Prints p50/p99 and writes bench/out/scrape.json.
+full task lifecycle each until /metrics holds about that many series; then time sequential
+scrapes, alternating the two requests so both see the same machine: "prometheus" sends
+Prometheus' Accept header (OpenMetrics preferred) and gzip, as every real scrape does;
+"text" asks for text/plain and gzip. First idle, then while the publisher of bench/ingest.py
+sends at the consumer's --ingest-rate (default: half the highest lossless rate in
+bench/out/ingest.json). Prints p50/p99 per request and the ratio of Prometheus' p50 to
+text's, and writes bench/out/scrape.json.
 """
 
 from __future__ import annotations
@@ -33,9 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import OUT, PYTHON, Progress, private_redis, table, write_json
 from bench.envelopes import envelope
 from bench.ingest import run_exporter, run_flower
+from exporter.negotiate import PROMETHEUS_ACCEPT
 
 RUNNERS = {"exporter": run_exporter, "flower": run_flower}
 FALLBACK_RATE = {"exporter": 100_000, "flower": 5_000}
+REQUESTS = {
+    "prometheus": {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
+    "text": {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"},
+}
 
 
 def lifecycle(name: str, host: str, ts: float) -> list[tuple[str, bytes]]:
@@ -73,17 +82,19 @@ def seed(port: int, first: int, count: int) -> None:
     pipe.execute()
 
 
-def scrape_once(url: str) -> tuple[float, int]:
-    """Seconds for one full scrape (gzip, as Prometheus asks) and the series it held."""
-    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+def scrape_once(url: str, kind: str = "prometheus") -> tuple[float, int, str]:
+    """Seconds for one full scrape with the headers of ``kind``, the samples it held and
+    the format served (the Content-Type's media type)."""
+    request = urllib.request.Request(url, headers=REQUESTS[kind])
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
         body = response.read()
         if response.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
+        served = response.headers.get("Content-Type", "").split(";")[0]
     elapsed = time.perf_counter() - start
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return elapsed, series
+    return elapsed, series, served
 
 
 def rate_for(consumer: str, override: int | None) -> int:
@@ -95,7 +106,7 @@ def rate_for(consumer: str, override: int | None) -> int:
     return FALLBACK_RATE[consumer]
 
 
-def measure(consumer: str, target: int, rate: int, scrapes: int) -> dict[str, Any]:
+def measure(consumer: str, target: int, rate: int, scrapes: int) -> list[dict[str, Any]]:
     with (
         tempfile.TemporaryDirectory() as tmp,
         private_redis() as port,
@@ -110,45 +121,86 @@ def measure(consumer: str, target: int, rate: int, scrapes: int) -> dict[str, An
             sets += step
             time.sleep(0.5)
             series = _settle(url, lambda: count(), progress)
-        argv = [
-            PYTHON,
-            str(Path(__file__).with_name("ingest.py")),
-            "publish",
-            "--port",
-            str(port),
-            "--rate",
-            str(rate),
-            "--duration",
-            "3600",
-            "--pool",
-            "50000",
-            "--out",
-            str(Path(tmp) / "pub.json"),
-        ]
-        publisher = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        try:
+        results = [_phase(consumer, target, series, sets, "idle", 0, url, scrapes, progress)]
+        with _publisher(port, rate, Path(tmp)):
             time.sleep(3)  # let the stream reach its rate
-            latencies = []
-            for i in range(scrapes):
-                latencies.append(scrape_once(url)[0])
-                progress.update(f"scrape {i + 1}/{scrapes}")
-        finally:
-            publisher.terminate()
-            publisher.wait()
-    latencies.sort()
-    result = {
-        "consumer": consumer,
-        "target_series": target,
-        "series": series,
-        "label_sets": sets,
-        "ingest_rate": rate,
-        "scrapes": scrapes,
-        "p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1),
-        "max_ms": round(latencies[-1] * 1000, 1),
-    }
-    progress.done(f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
-    return result
+            results.append(
+                _phase(consumer, target, series, sets, "ingest", rate, url, scrapes, progress)
+            )
+    summary = ", ".join(
+        f"{r['phase']} {r['request']} p50 {r['p50_ms']} ms" for phase in results for r in phase
+    )
+    progress.done(summary)
+    return [r for phase in results for r in phase]
+
+
+@contextlib.contextmanager
+def _publisher(port: int, rate: int, tmp: Path) -> Any:
+    argv = [
+        PYTHON,
+        str(Path(__file__).with_name("ingest.py")),
+        "publish",
+        "--port",
+        str(port),
+        "--rate",
+        str(rate),
+        "--duration",
+        "3600",
+        "--pool",
+        "50000",
+        "--out",
+        str(tmp / "pub.json"),
+    ]
+    publisher = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        yield publisher
+    finally:
+        publisher.terminate()
+        publisher.wait()
+
+
+def _phase(
+    consumer: str,
+    target: int,
+    series: int,
+    sets: int,
+    phase: str,
+    rate: int,
+    url: str,
+    scrapes: int,
+    progress: Progress,
+) -> list[dict[str, Any]]:
+    """Alternate the two requests ``scrapes`` times each; one result per request."""
+    latencies: dict[str, list[float]] = {kind: [] for kind in REQUESTS}
+    served: dict[str, str] = {}
+    for i in range(scrapes):
+        for kind in REQUESTS:
+            elapsed, _, served[kind] = scrape_once(url, kind)
+            latencies[kind].append(elapsed)
+        progress.update(f"{phase}: scrape {i + 1}/{scrapes}")
+    out = []
+    for kind, times in latencies.items():
+        times.sort()
+        out.append(
+            {
+                "consumer": consumer,
+                "target_series": target,
+                "series": series,
+                "label_sets": sets,
+                "phase": phase,
+                "ingest_rate": rate,
+                "request": kind,
+                "served": served[kind],
+                "scrapes": scrapes,
+                "p50_ms": round(statistics.median(times) * 1000, 1),
+                "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))] * 1000, 1),
+                "max_ms": round(times[-1] * 1000, 1),
+            }
+        )
+    text_p50 = out[-1]["p50_ms"]
+    for r in out:
+        r["p50_vs_text"] = round(r["p50_ms"] / text_p50, 2) if text_p50 else None
+    return out
 
 
 def _settle(url: str, count: Callable[[], int], progress: Progress) -> int:
@@ -188,22 +240,25 @@ def main(series: str, consumers: str, ingest_rate: int | None, scrapes: int) -> 
         rate = rate_for(consumer, ingest_rate)
         for target in (int(s) for s in series.split(",")):
             n = scrapes if target < 100_000 else max(10, scrapes // 4)
-            results.append(measure(consumer, target, rate, n))
+            results.extend(measure(consumer, target, rate, n))
     rows = [
         (
             r["consumer"],
             f"{r['series']:,}",
+            r["phase"],
             f"{r['ingest_rate']:,}",
+            r["request"],
+            r["served"],
             r["scrapes"],
             r["p50_ms"],
             r["p99_ms"],
             r["max_ms"],
+            r["p50_vs_text"],
         )
         for r in results
     ]
-    print(
-        table(["consumer", "series", "ingest ev/s", "scrapes", "p50 ms", "p99 ms", "max ms"], rows)
-    )
+    header = ["consumer", "series", "phase", "ingest ev/s", "request", "served", "scrapes"]
+    print(table([*header, "p50 ms", "p99 ms", "max ms", "p50 / text p50"], rows))
     print(f"\nwrote {write_json('scrape.json', {'results': results})}")
 
 

@@ -110,3 +110,21 @@ def test_benchapp_applies_the_overrides_and_leaves_the_workload_alone() -> None:
 
     assert conf("bench.benchapp") == [False, True, False, False]
     assert conf("workload.app") == [True, False, True, True]
+
+
+def test_the_scrape_bench_times_prometheus_openmetrics_beside_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A tiny run of bench/scrape.py: both requests, both phases, and the "prometheus" one
+    really served OpenMetrics (the path Prometheus takes), the "text" one text."""
+    argv = [sys.executable, "bench/scrape.py", "--series", "100", "--consumers", "exporter"]
+    argv += ["--scrapes", "3", "--ingest-rate", "2000"]
+    env = {**os.environ, "BENCH_OUT": str(tmp_path)}
+    subprocess.run(argv, cwd=ROOT, env=env, check=True, timeout=120, capture_output=True)
+    results = json.loads((tmp_path / "scrape.json").read_text())["results"]
+    served = {(r["phase"], r["request"]): r["served"] for r in results}
+    assert served == {
+        ("idle", "prometheus"): "application/openmetrics-text",
+        ("idle", "text"): "text/plain",
+        ("ingest", "prometheus"): "application/openmetrics-text",
+        ("ingest", "text"): "text/plain",
+    }
+    assert all(r["series"] >= 100 and r["p50_ms"] > 0 for r in results)
