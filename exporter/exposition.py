@@ -21,7 +21,6 @@ to exactly what prometheus_client renders from the same families.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -47,15 +46,15 @@ def escape_help(text: str, fmt: str = TEXT) -> str:
     return text.replace('"', '\\"') if fmt == OPENMETRICS else text
 
 
+_SPECIAL = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
+
+
 def format_value(value: float) -> str:
     """Numbers as Prometheus (Go's ParseFloat) reads them."""
     if type(value) is int:
         return str(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
+    text = repr(float(value))
+    return _SPECIAL.get(text, text) if text[-1] in "fn" else text
 
 
 def format_bound(bound: float) -> str:
@@ -97,6 +96,7 @@ class Renderer:
         static = dict(static_labels or {})
         self._static = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in static.items())
         self._label_strings: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+        self._created_strings: dict[float, str] = {}  # a series' creation time never changes
 
     def _labels(self, names: tuple[str, ...], values: tuple[str, ...]) -> str:
         """``a="x",b="y"`` for one label set, static labels last; "" when there are none."""
@@ -115,6 +115,14 @@ class Renderer:
             self._label_strings[key] = text
         return text
 
+    def _created(self, ts: float) -> str:
+        text = self._created_strings.get(ts)
+        if text is None:
+            if len(self._created_strings) >= MAX_CACHED_LABEL_SETS:
+                self._created_strings.clear()
+            text = self._created_strings[ts] = format_value(ts)
+        return text
+
     def names(self, metric: Metric, fmt: str) -> Names:
         family = rename(metric.family, self.prefix)
         sample = rename(metric.name, self.prefix)
@@ -122,95 +130,71 @@ class Renderer:
 
     def render(self, families: Iterable[Family], fmt: str = TEXT) -> str:
         out: list[str] = []
+        openmetrics = fmt == OPENMETRICS
         for family in families:
             metric = family.metric
             names = self.names(metric, fmt)
             out.append(f"# HELP {names.family} {escape_help(metric.help, fmt)}\n")
             out.append(f"# TYPE {names.family} {metric.kind}\n")
-            if fmt == OPENMETRICS:
-                if metric.unit:
-                    out.append(f"# UNIT {names.family} {metric.unit}\n")
-                self._openmetrics(out, family, names)
+            if openmetrics and metric.unit:
+                out.append(f"# UNIT {names.family} {metric.unit}\n")
+            # OpenMetrics keeps _created with its label set; text moves it to a gauge after.
+            created: list[str] = out if openmetrics else []
+            if metric.kind == "histogram":
+                self._histogram(out, family, names, created, openmetrics)
             else:
-                self._text(out, family, names)
+                self._simple(out, family, names, created, openmetrics)
+            if created and not openmetrics:
+                out.append(f"# HELP {names.created} {escape_help(metric.help)}\n")
+                out.append(f"# TYPE {names.created} gauge\n")
+                out.extend(created)
         return "".join(out)
 
-    # ------------------------------------------------------------------ text 0.0.4
-
-    def _text(self, out: list[str], family: Family, names: Names) -> None:
-        created: list[str] = []
-        if family.metric.kind == "histogram":
-            self._histogram(out, family, names, created if family.created else None)
-        else:
-            self._simple(out, family, names, created if family.created else None)
-        if created:
-            out.append(f"# HELP {names.created} {escape_help(family.metric.help)}\n")
-            out.append(f"# TYPE {names.created} gauge\n")
-            out.extend(created)
-
     def _simple(
-        self, out: list[str], family: Family, names: Names, created: list[str] | None
+        self, out: list[str], family: Family, names: Names, created: list[str], marks: bool
     ) -> None:
-        """Counter and gauge lines; ``_created`` lines go to ``created``."""
-        label_names, labels, when = family.metric.labels, self._labels, family.created
+        """Counter and gauge lines; counters' ``_created`` lines go to ``created``."""
+        label_names, labels = family.metric.labels, self._labels
         name, created_name = names.sample, names.created
+        when = family.created or {}
+        exemplars = (family.exemplars or {}) if marks else {}
         append = out.append
         for values, value in family.samples:
             text = labels(label_names, values)
             braces = f"{{{text}}}" if text else ""
-            append(f"{name}{braces} {format_value(value)}\n")
-            if created is not None and (ts := when.get(values)) is not None:  # type: ignore[union-attr]
-                created.append(f"{created_name}{braces} {format_value(ts)}\n")
+            mark = _exemplar_marks(exemplars.get(values), 1)[0] if exemplars else ""
+            append(f"{name}{braces} {format_value(value)}{mark}\n")
+            if (ts := when.get(values)) is not None:
+                created.append(f"{created_name}{braces} {self._created(ts)}\n")
 
     def _histogram(
-        self, out: list[str], family: Family, names: Names, created: list[str] | None
+        self, out: list[str], family: Family, names: Names, created: list[str], marks: bool
     ) -> None:
-        label_names, when = family.metric.labels, family.created
-        name, created_name = names.sample, names.created
-        les = [*(format_bound(b) for b in family.bounds), "+Inf"]
-        append = out.append
+        """Buckets, count and sum of each label set; its ``_created`` line to ``created``."""
+        label_names, name, created_name = family.metric.labels, names.sample, names.created
+        when = family.created or {}
+        exemplars = (family.exemplars or {}) if marks else {}
+        # Per bucket: the end of its line up to the count, e.g. '0.5"} '.
+        tails = [f'{format_bound(b)}"}} ' for b in family.bounds] + ['+Inf"} ']
+        no_marks = [""] * len(tails)
+        append, extend = out.append, out.extend
         for values, cumulative, total in family.samples:
             text = self._labels(label_names, values)
-            sep = "," if text else ""
+            head = f'{name}_bucket{{{text},le="' if text else f'{name}_bucket{{le="'
             braces = f"{{{text}}}" if text else ""
-            for le, count in zip(les, cumulative, strict=True):
-                append(f'{name}_bucket{{{text}{sep}le="{le}"}} {count}\n')
+            bucket_marks = (
+                _exemplar_marks(exemplars.get(values), len(tails)) if exemplars else no_marks
+            )
+            extend(
+                [
+                    f"{head}{tail}{count}{mark}\n"
+                    for tail, count, mark in zip(tails, cumulative, bucket_marks, strict=True)
+                ]
+            )
             append(f"{name}_count{braces} {cumulative[-1]}\n")
             append(f"{name}_sum{braces} {format_value(total)}\n")
-            if created is not None and (ts := when.get(values)) is not None:  # type: ignore[union-attr]
-                created.append(f"{created_name}{braces} {format_value(ts)}\n")
-
-    # ------------------------------------------------------------------ OpenMetrics 1.0.0
-
-    def _openmetrics(self, out: list[str], family: Family, names: Names) -> None:
-        """Each label set's samples together, ``_created`` last, exemplars on the line."""
-        label_names, when = family.metric.labels, family.created or {}
-        exemplars = family.exemplars or {}
-        append, labels = out.append, self._labels
-        kind = family.metric.kind
-        if kind == "histogram":
-            les = [*(format_bound(b) for b in family.bounds), "+Inf"]
-            for values, cumulative, total in family.samples:
-                text = labels(label_names, values)
-                sep, braces = ("," if text else ""), (f"{{{text}}}" if text else "")
-                marks = _exemplar_marks(exemplars.get(values), len(les))
-                for le, count, mark in zip(les, cumulative, marks, strict=True):
-                    append(f'{names.family}_bucket{{{text}{sep}le="{le}"}} {count}{mark}\n')
-                append(f"{names.family}_count{braces} {cumulative[-1]}\n")
-                append(f"{names.family}_sum{braces} {format_value(total)}\n")
-                if (ts := when.get(values)) is not None:
-                    append(f"{names.created}{braces} {format_value(ts)}\n")
-            return
-        for values, value in family.samples:
-            text = labels(label_names, values)
-            braces = f"{{{text}}}" if text else ""
-            if kind == "counter":
-                mark = _exemplar_marks(exemplars.get(values), 1)[0]
-                append(f"{names.sample}{braces} {format_value(value)}{mark}\n")
-                if (ts := when.get(values)) is not None:
-                    append(f"{names.created}{braces} {format_value(ts)}\n")
-            else:
-                append(f"{names.sample}{braces} {format_value(value)}\n")
+            if (ts := when.get(values)) is not None:
+                created.append(f"{created_name}{braces} {self._created(ts)}\n")
 
 
 def _exemplar_marks(by_index: Mapping[int, Exemplar] | None, count: int) -> list[str]:

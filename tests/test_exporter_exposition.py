@@ -22,7 +22,7 @@ from exporter.collector import (
     gather,
 )
 from exporter.decode import decode_envelope
-from exporter.exposition import OPENMETRICS, TEXT, Renderer, exposition
+from exporter.exposition import OPENMETRICS, TEXT, Renderer, exposition, format_value
 from exporter.inspector import InspectView
 from exporter.poller import BrokerView
 from exporter.state import Options, State
@@ -210,3 +210,19 @@ def test_hostile_label_values_are_cut_and_control_characters_spelled_out() -> No
     assert value.startswith("a\\x00b\\x1b")
     assert len(value) == 32 and value.endswith("…")
     assert "\x00" not in line and "\x1b" not in line
+
+
+@pytest.mark.parametrize(
+    ("value", "spelled"),
+    [
+        (3, "3"),
+        (0.5, "0.5"),
+        (1e21, "1e+21"),
+        (float("inf"), "+Inf"),
+        (-float("inf"), "-Inf"),
+        (float("nan"), "NaN"),
+        (1764460800.25, "1764460800.25"),
+    ],
+)
+def test_values_are_spelled_as_prometheus_parses_them(value: float, spelled: str) -> None:
+    assert format_value(value) == spelled
