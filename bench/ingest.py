@@ -303,27 +303,32 @@ class Trial:
     note: str = ""
 
 
+def publisher_argv(port: int, rate: int, duration: float, pool: int, out: Path) -> list[str]:
+    """The command line of this script's publisher (``publish``), for other benches too."""
+    return [
+        PYTHON,
+        str(Path(__file__).resolve()),
+        "publish",
+        "--port",
+        str(port),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        "--pool",
+        str(pool),
+        "--out",
+        str(out),
+    ]
+
+
 def trial(name: str, rate: int, args: dict[str, Any]) -> Trial:
     with tempfile.TemporaryDirectory(prefix=f"ingest-{name}-") as tmp, private_redis() as port:
         workdir = Path(tmp)
         with consumer(name)(port, workdir) as count:
             cpu_before = process_cpu_seconds(count.pid)  # type: ignore[attr-defined]
             result_file = workdir / "publisher.json"
-            argv = [
-                PYTHON,
-                __file__,
-                "publish",
-                "--port",
-                str(port),
-                "--rate",
-                str(rate),
-                "--duration",
-                str(args["duration"]),
-                "--pool",
-                str(args["pool"]),
-                "--out",
-                str(result_file),
-            ]
+            argv = publisher_argv(port, rate, args["duration"], args["pool"], result_file)
             progress = Progress(f"{name} @ {rate:,}/s")
             publisher = subprocess.Popen(argv)
             started = time.monotonic()

@@ -34,9 +34,9 @@ import click
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import OUT, PYTHON, Progress, private_redis, table, write_json
+from bench.common import OUT, Progress, private_redis, table, write_json
 from bench.envelopes import envelope
-from bench.ingest import run_exporter, run_flower
+from bench.ingest import publisher_argv, run_exporter, run_flower
 from exporter.negotiate import PROMETHEUS_ACCEPT
 
 RUNNERS = {"exporter": run_exporter, "flower": run_flower}
@@ -136,21 +136,7 @@ def measure(consumer: str, target: int, rate: int, scrapes: int) -> list[dict[st
 
 @contextlib.contextmanager
 def _publisher(port: int, rate: int, tmp: Path) -> Any:
-    argv = [
-        PYTHON,
-        str(Path(__file__).with_name("ingest.py")),
-        "publish",
-        "--port",
-        str(port),
-        "--rate",
-        str(rate),
-        "--duration",
-        "3600",
-        "--pool",
-        "50000",
-        "--out",
-        str(tmp / "pub.json"),
-    ]
+    argv = publisher_argv(port, rate, 3600, 50000, tmp / "pub.json")
     publisher = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     try:
         yield publisher
