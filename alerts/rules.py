@@ -394,7 +394,9 @@ def _exporter_availability(s: AlertSettings, q: PromQL) -> list[Alert]:
             description=(
                 "{{ if eq $value 0.0 }}Prometheus cannot scrape any target of "
                 f'job="{s.exporter_job}"'
-                "{{ with printf `up{job='%s'} == 0` $labels.job | query }} ("
+                # Sorted: a query's result order is not defined, and the text must not flap.
+                "{{ with printf `up{job='%s'} == 0` $labels.job | query | sortByLabel "
+                '"instance" }} ('
                 "{{ range $i, $s := . }}{{ if $i }}, {{ end }}{{ $s.Labels.instance }}{{ end }})"
                 "{{ end }}."
                 f'{{{{ else }}}}Prometheus has no target of job="{s.exporter_job}" at all.'
