@@ -56,6 +56,8 @@ def _floats(_: Any, param: click.Parameter, value: str | None) -> tuple[float, .
         bounds = tuple(sorted(float(v) for v in value.split(",") if v.strip()))
     except ValueError:
         raise click.BadParameter("comma-separated numbers, e.g. 0.1,0.5,1,5") from None
+    # The +Inf bucket is always served; the peer's lists end with it ("...,7.5,10.0,inf").
+    bounds = tuple(b for b in bounds if b != float("inf"))
     if not bounds or any(not 0 < b < float("inf") for b in bounds):
         raise click.BadParameter("at least one positive, finite bucket bound")
     return bounds
