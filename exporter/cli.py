@@ -142,6 +142,12 @@ Examples:
 
 CONFIG = Config()
 OPTIONS = Options()
+# The peer's --redbeat-* flags only set RedBeat keys in its Celery app's configuration; it
+# serves no metric from them. Accepted (and their CE_* env vars) so a Helm values file that
+# sets them still starts; ignored with a warning. Hidden: they do nothing here.
+REDBEAT_FLAGS = ("redbeat_redis_url", "redbeat_redis_use_ssl", "redbeat_key_prefix",
+                 "redbeat_sentinel", "redbeat_redis_option")  # fmt: skip
+REDBEAT: dict[str, Any] = {"peer": True, "hidden": True, "show_default": False}
 
 
 @click.command(help=HELP, context_settings={"max_content_width": 100})
@@ -265,6 +271,11 @@ OPTIONS = Options()
     show_default=False,
     help="Label name=value added to every metric, repeatable (e.g. one exporter per app).",
 )
+@option("--redbeat-redis-url", default=None, **REDBEAT)
+@option("--redbeat-redis-use-ssl", default=None, **REDBEAT)
+@option("--redbeat-key-prefix", default=None, **REDBEAT)
+@option("--redbeat-sentinel", multiple=True, **REDBEAT)
+@option("--redbeat-redis-option", multiple=True, **REDBEAT)
 @option(
     "--broker-poll-interval",
     type=click.FloatRange(min=0.1),
@@ -465,6 +476,10 @@ OPTIONS = Options()
 @click.version_option(__version__, prog_name="celery-observatory-exporter")
 def command(**flags: Any) -> None:
     configure_logging(flags["log_level"], flags["log_format"])
+    ignored = [f"--{name.replace('_', '-')}" for name in REDBEAT_FLAGS if flags[name]]
+    if ignored:  # names only: a RedBeat URL may hold a password
+        log.warning("peer exporter flags accepted and ignored (no metric uses them)",
+                    flags=ignored)  # fmt: skip
     try:
         config = build_config(flags).validate()
         web = load_web_config(config.web_config_file)
