@@ -14,6 +14,7 @@ import click
 import structlog
 
 from exporter import __version__
+from exporter.broker import scheme_of, split_urls
 from exporter.config import Config, ConfigError
 from exporter.httpserver import Limits
 from exporter.logs import configure_logging, mask_secrets
@@ -536,6 +537,15 @@ def _listen_address(flags: dict[str, Any]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _broker_url(flags: dict[str, Any]) -> str:
+    """With --broker-ssl-option a redis:// broker is spoken to over TLS, as kombu does once
+    Celery's broker_use_ssl is set (the peer's meaning, and our own Celery app's)."""
+    url = flags["broker_url"] or CONFIG.broker_url
+    if not flags["broker_ssl_options"] or scheme_of(url) != "redis":
+        return url
+    return ";".join("rediss" + u[5:] if scheme_of(u) == "redis" else u for u in split_urls(url))
+
+
 def build_config(flags: dict[str, Any]) -> Config:
     transport = dict(flags["broker_transport_options"])
     if flags["global_keyprefix"] is not None:
@@ -560,7 +570,7 @@ def build_config(flags: dict[str, Any]) -> Config:
         generic_hostname_worker_task=flags["generic_hostname_worker_task_metric"],
     )
     return Config(
-        broker_url=flags["broker_url"] or CONFIG.broker_url,
+        broker_url=_broker_url(flags),
         listen_address=_listen_address(flags),
         web_config_file=flags["web_config_file"],
         http_limits=Limits(

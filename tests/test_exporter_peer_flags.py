@@ -328,3 +328,20 @@ def test_pickle_is_refused_with_one_line(args: list[str], env: dict[str, str]) -
     assert "--accept-content" in lines[0] and "only json is accepted" in lines[0]
     assert "pickle" in lines[0] or "x-python-serialize" in lines[0]
     assert result.stdout == ""
+
+
+def test_broker_ssl_options_turn_tls_on_for_a_redis_url(procs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The peer hands --broker-ssl-option to Celery as broker_use_ssl, and kombu then speaks
+    # TLS to a redis:// broker too: the same command line must reach the same TLS Redis.
+    broker = start_broker(procs, tmp_path)
+    port = free_port()
+    args = [
+        f"--broker-url=redis://127.0.0.1:{broker.redis.port}/0",
+        "--broker-ssl-option=ssl_cert_reqs=required",
+        f"--broker-ssl-option=ssl_ca_certs={broker.ca}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+    ]
+    exporter = ExporterProcess(procs, "", args=args, env=OUR_TEST_KNOBS, port=port,
+                               own_flags=False).start()  # fmt: skip
+    assert exporter.scrape().value("celery_exporter_broker_up") == 1
