@@ -14,6 +14,7 @@ import click
 import structlog
 
 from exporter import __version__
+from exporter.broker import scheme_of, split_urls
 from exporter.config import Config, ConfigError
 from exporter.httpserver import Limits
 from exporter.logs import configure_logging, mask_secrets
@@ -56,6 +57,8 @@ def _floats(_: Any, param: click.Parameter, value: str | None) -> tuple[float, .
         bounds = tuple(sorted(float(v) for v in value.split(",") if v.strip()))
     except ValueError:
         raise click.BadParameter("comma-separated numbers, e.g. 0.1,0.5,1,5") from None
+    # The +Inf bucket is always served; the peer's lists end with it ("...,7.5,10.0,inf").
+    bounds = tuple(b for b in bounds if b != float("inf"))
     if not bounds or any(not 0 < b < float("inf") for b in bounds):
         raise click.BadParameter("at least one positive, finite bucket bound")
     return bounds
@@ -140,6 +143,12 @@ Examples:
 
 CONFIG = Config()
 OPTIONS = Options()
+# The peer's --redbeat-* flags only set RedBeat keys in its Celery app's configuration; it
+# serves no metric from them. Accepted (and their CE_* env vars) so a Helm values file that
+# sets them still starts; ignored with a warning. Hidden: they do nothing here.
+REDBEAT_FLAGS = ("redbeat_redis_url", "redbeat_redis_use_ssl", "redbeat_key_prefix",
+                 "redbeat_sentinel", "redbeat_redis_option")  # fmt: skip
+REDBEAT: dict[str, Any] = {"peer": True, "hidden": True, "show_default": False}
 
 
 @click.command(help=HELP, context_settings={"max_content_width": 100})
@@ -263,6 +272,11 @@ OPTIONS = Options()
     show_default=False,
     help="Label name=value added to every metric, repeatable (e.g. one exporter per app).",
 )
+@option("--redbeat-redis-url", default=None, **REDBEAT)
+@option("--redbeat-redis-use-ssl", default=None, **REDBEAT)
+@option("--redbeat-key-prefix", default=None, **REDBEAT)
+@option("--redbeat-sentinel", multiple=True, **REDBEAT)
+@option("--redbeat-redis-option", multiple=True, **REDBEAT)
 @option(
     "--broker-poll-interval",
     type=click.FloatRange(min=0.1),
@@ -463,6 +477,10 @@ OPTIONS = Options()
 @click.version_option(__version__, prog_name="celery-observatory-exporter")
 def command(**flags: Any) -> None:
     configure_logging(flags["log_level"], flags["log_format"])
+    ignored = [f"--{name.replace('_', '-')}" for name in REDBEAT_FLAGS if flags[name]]
+    if ignored:  # names only: a RedBeat URL may hold a password
+        log.warning("peer exporter flags accepted and ignored (no metric uses them)",
+                    flags=ignored)  # fmt: skip
     try:
         config = build_config(flags).validate()
         web = load_web_config(config.web_config_file)
@@ -519,6 +537,15 @@ def _listen_address(flags: dict[str, Any]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _broker_url(flags: dict[str, Any]) -> str:
+    """With --broker-ssl-option a redis:// broker is spoken to over TLS, as kombu does once
+    Celery's broker_use_ssl is set (the peer's meaning, and our own Celery app's)."""
+    url = flags["broker_url"] or CONFIG.broker_url
+    if not flags["broker_ssl_options"] or scheme_of(url) != "redis":
+        return url
+    return ";".join("rediss" + u[5:] if scheme_of(u) == "redis" else u for u in split_urls(url))
+
+
 def build_config(flags: dict[str, Any]) -> Config:
     transport = dict(flags["broker_transport_options"])
     if flags["global_keyprefix"] is not None:
@@ -543,7 +570,7 @@ def build_config(flags: dict[str, Any]) -> Config:
         generic_hostname_worker_task=flags["generic_hostname_worker_task_metric"],
     )
     return Config(
-        broker_url=flags["broker_url"] or CONFIG.broker_url,
+        broker_url=_broker_url(flags),
         listen_address=_listen_address(flags),
         web_config_file=flags["web_config_file"],
         http_limits=Limits(

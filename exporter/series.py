@@ -82,7 +82,10 @@ class TaskSeries:
             if key in self.known:
                 return key
         self.known.add(key)
-        self.created.setdefault(key, time.time())
+        now = time.time()
+        self.created.setdefault(key, now)
+        # task_failed's zero series is keyed with exception="": it has its _created too.
+        self.created.setdefault((*key, ""), now)
         for kind, counter in self.counters.items():
             counter.setdefault((*key, "") if kind == "task-failed" else key, 0)
         self.processed.setdefault(key, 0)

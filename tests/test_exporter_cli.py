@@ -110,3 +110,12 @@ def test_every_flag_reads_its_env_var(procs, redis_server) -> None:  # type: ign
     text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
     assert 'celery_queue_length{queue_name="from_env"} 0' in text
     assert "celery_broker_visibility_timeout_seconds 123.0" in text
+
+
+def test_bucket_lists_may_end_with_inf_as_the_peers_do() -> None:
+    # danihodovic/celery-exporter's --buckets default is "0.005,...,7.5,10.0,inf": a list
+    # copied from its --help must start ours; the +Inf bucket is implicit.
+    from exporter.cli import _floats
+
+    assert _floats(None, None, "0.005,0.5,10.0,inf") == (0.005, 0.5, 10.0)  # type: ignore[arg-type]
+    assert _floats(None, None, "+Inf,1") == (1.0,)  # type: ignore[arg-type]

@@ -62,6 +62,14 @@ def test_corpus_counts_match_what_the_worker_did() -> None:
     assert state.rejected == {}
 
 
+def test_every_served_task_series_has_its_created_time() -> None:
+    # prometheus_client (the peer) serves _created for each counter series, the zero ones
+    # too: task_failed{exception=""} included.
+    state = corpus_state()
+    for counter in state.counters.values():
+        assert set(counter) <= set(state.created)
+
+
 def test_worker_goes_down_on_offline_and_on_silence() -> None:
     state = corpus_state()
     worker = state.workers[WORKER]

@@ -84,17 +84,27 @@ class ExporterProcess:
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         ca: Path | None = None,
+        port: int | None = None,
+        own_flags: bool = True,
     ) -> None:
-        """``ca``: the exporter serves HTTPS (web config) with a certificate from this CA."""
+        """``ca``: the exporter serves HTTPS (web config) with a certificate from this CA.
+
+        ``own_flags=False``: the command line is ``args`` alone, without our --broker-url,
+        --web.listen-address and speed-ups (a peer exporter's command line: it passes the
+        broker and ``--port``/``--host`` itself, or sets them in ``env``); ``port`` is where
+        it will listen then."""
         self.tracker = tracker
         self.ca = ca
         self.broker_url = broker_url
-        self.port = free_port()
+        self.port = port or free_port()
+        self.own_flags = own_flags
         self.args = list(args)
         self.env = env or {}
         self.process: ManagedProcess | None = None
 
     def argv(self) -> list[str]:
+        if not self.own_flags:
+            return [PYTHON, "-m", "exporter", *self.args]
         return [
             PYTHON,
             "-m",
