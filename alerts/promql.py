@@ -62,6 +62,13 @@ def expr(text: str) -> str:
     return textwrap.dedent(text).strip()
 
 
+def duration(seconds: float) -> str:
+    """Seconds as a PromQL duration: ``90s``, ``1814400s``, ``45500ms``. PromQL takes neither
+    fractions nor exponents, which ``f"{seconds:g}s"`` writes (``1.8144e+06s``, ``45.5s``)."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
 def one_of(label: str, values: Iterable[str]) -> str:
     """A matcher for any of ``values``: ``label="a"`` or ``label=~"a|b"`` (regex-escaped)."""
     values = sorted(set(values))

@@ -13,7 +13,7 @@ from typing import Any
 
 from alerts import slo
 from alerts.alert import Alert, pct
-from alerts.promql import PromQL, block, expr, one_of
+from alerts.promql import PromQL, block, duration, expr, one_of
 from alerts.recording import (
     DRAIN_TIME,
     FAILED_RATE,
@@ -198,7 +198,7 @@ def _periodic_missed(s: AlertSettings, q: PromQL) -> list[Alert]:
     up = q.sel("up", f'job="{s.exporter_job}"')
     stale, absent = [], []
     for task, seconds in s.periodic_tasks.items():
-        interval = f"{seconds:g}s"
+        interval = duration(seconds)
         selector = q.sel(metric, f'name="{task}"')
         stale.append(f"time() - {q.one(selector)} > {seconds:g}")
         absent.append(

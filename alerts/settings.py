@@ -68,11 +68,23 @@ class QueueSLO:
         return found
 
 
+# A periodic task's longest acceptable gap, in runs of its schedule: two missed runs are
+# tolerated, so a beat restart or a slow first run does not page.
+PERIODIC_TOLERANCE_RUNS = 3
+
+
+def periodic_max_gaps(schedule: Mapping[str, float]) -> dict[str, float]:
+    """Task name -> seconds between runs, as beat schedules them -> the ``periodic_tasks``
+    setting (the longest acceptable gap of each). Tests that shorten the workload's schedule
+    derive their alert settings from it with this, as the defaults below are derived."""
+    return {task: PERIODIC_TOLERANCE_RUNS * seconds for task, seconds in schedule.items()}
+
+
 def _workload_periodic_tasks() -> dict[str, float]:
-    # The workload's beat schedule: refresh_stats every 30 s, purge_expired_reports every
-    # 300 s. The max interval tolerates two missed runs (3x), so a beat restart or a slow
-    # first run does not page.
-    return {"workload.tasks.refresh_stats": 90.0, "workload.tasks.purge_expired_reports": 900.0}
+    # The workload's beat schedule: refresh_stats every 30 s, purge_expired_reports every 300 s.
+    return periodic_max_gaps(
+        {"workload.tasks.refresh_stats": 30.0, "workload.tasks.purge_expired_reports": 300.0}
+    )
 
 
 def _workload_running_limits() -> dict[str, float]:

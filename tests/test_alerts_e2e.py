@@ -30,7 +30,7 @@ import requests
 from celery import Celery
 
 from alerts.rules import rule_groups
-from alerts.settings import duration_seconds, fast
+from alerts.settings import fast
 from dashboards.generate import DASHBOARDS
 from tests.support.catalog import PENDING_EXPORTER_METRICS, dashboard_panels, needs_pending_metric
 from tests.support.procs import (
@@ -39,9 +39,16 @@ from tests.support.procs import (
     ProcessTracker,
     RedisServer,
     free_port,
+    module_processes,
     wait_until,
 )
-from tests.support.prom import Alertmanager, Prometheus, PromQLError, WebhookReceiver
+from tests.support.prom import (
+    Alertmanager,
+    Prometheus,
+    PromQLError,
+    WebhookReceiver,
+    alert_promise,
+)
 from tests.support.workload_stack import BIN, base_env, client_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(170)]
@@ -101,10 +108,7 @@ MIXIN_ALERTS = {
 
 
 def promise(for_: str, detection: float) -> float:
-    """The time a rule promises from fault to webhook: the exporter's detection delay, one
-    scrape and one evaluation on each side of the rule's for:, and a second of delivery."""
-    evaluation = duration_seconds(SETTINGS.evaluation_interval)
-    return detection + duration_seconds(for_) + 2 * (SCRAPE_SECONDS + evaluation) + 1.0
+    return alert_promise(SETTINGS, for_, detection, SCRAPE_SECONDS)
 
 
 class Traffic(threading.Thread):
@@ -183,17 +187,10 @@ def observatory(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Observatory]:
     tmp = tmp_path_factory.mktemp("observatory")
-    tracker = ProcessTracker(tmp / "logs")
-    failed_before = request.session.testsfailed
-    try:
-        with WebhookReceiver() as webhook:
-            observatory = _start_observatory(tracker, tmp, webhook)
-            yield observatory
-            observatory.traffic.stop()
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(tracker.logs())
-        tracker.stop_all()
+    with module_processes(tmp / "logs", request) as tracker, WebhookReceiver() as webhook:
+        observatory = _start_observatory(tracker, tmp, webhook)
+        yield observatory
+        observatory.traffic.stop()
 
 
 def _start_observatory(tracker: ProcessTracker, tmp: Path, webhook: WebhookReceiver) -> Observatory:

@@ -47,6 +47,17 @@ def test_fast_variant_passes_promtool_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_periodic_intervals_of_any_length_pass_promtool_check(tmp_path: Path) -> None:
+    """A periodic task's longest gap is a range and an offset in CeleryPeriodicTaskMissed: a
+    weekly task (3 x 604800 s) or a fractional interval must still be a PromQL duration."""
+    tasks = {"weekly": 3 * 604800.0, "tick": 45.5}
+    rules = tmp_path / "periodic.rules.yml"
+    rules.write_text(render_rules(with_overrides(DEFAULTS, {"periodic_tasks": tasks})))
+    result = promtool("check", "rules", str(rules))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[1814400s]" in rules.read_text() and "offset 45500ms" in rules.read_text()
+
+
 def test_promtool_unit_tests_pass() -> None:
     assert UNIT_TESTS, "no promtool unit tests found in alerts/tests"
     result = promtool("test", "rules", *map(str, UNIT_TESTS))

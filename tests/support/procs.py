@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -174,6 +174,21 @@ class ProcessTracker:
             tail = proc.log_text()[-4000:]
             parts.append(f"----- {proc.log_path.name} ({' '.join(proc.argv[:4])} ...)\n{tail}")
         return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def module_processes(log_dir: Path, request: Any) -> Iterator[ProcessTracker]:
+    """The tracker of a module-scoped fixture (``request``: its pytest FixtureRequest): every
+    process is stopped at teardown, pass or fail, and the tail of each log is printed when a
+    test of the module failed meanwhile."""
+    tracker = ProcessTracker(log_dir)
+    failed_before = request.session.testsfailed
+    try:
+        yield tracker
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(tracker.logs())
+        tracker.stop_all()
 
 
 def require_binary(name: str, package: str) -> str:

@@ -20,11 +20,21 @@ import requests
 
 from alerts.configs import EXPORTER_JOB, alertmanager_config, prometheus_config
 from alerts.generate import render_rules, to_yaml
-from alerts.settings import AlertSettings, fast
+from alerts.settings import AlertSettings, duration_seconds, fast
 from tests.support import backends
 from tests.support.procs import ManagedProcess, ProcessTracker, free_port, wait_until
 
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
+
+
+def alert_promise(
+    settings: AlertSettings, for_: str, detection: float, scrape_seconds: float = 1.0
+) -> float:
+    """The time a rule promises from fault to webhook: the exporter's ``detection`` delay, one
+    scrape and one evaluation on each side of the rule's ``for_``, and a second of delivery
+    (Alertmanager as started here: no group wait)."""
+    evaluation = duration_seconds(settings.evaluation_interval)
+    return detection + duration_seconds(for_) + 2 * (scrape_seconds + evaluation) + 1.0
 
 
 class PromQLError(AssertionError):
@@ -83,14 +93,21 @@ class WebhookReceiver:
             ]
 
     def wait_for(
-        self, alertname: str, /, timeout: float, status: str = "firing", **labels: str
+        self,
+        alertname: str,
+        /,
+        timeout: float,
+        status: str = "firing",
+        after: float = 0.0,
+        **labels: str,
     ) -> tuple[float, dict[str, Any]]:
         """The first notification of ``alertname`` whose labels include ``labels``
-        (positional-only, so that a label called ``name`` can be matched too)."""
+        (positional-only, so that a label called ``name`` can be matched too) that arrived
+        after monotonic time ``after`` (a fault caused then, not an earlier notification)."""
 
         def match() -> tuple[float, dict[str, Any]] | None:
             for at, alert in self.alerts(alertname, status):
-                if all(alert["labels"].get(k) == v for k, v in labels.items()):
+                if at > after and all(alert["labels"].get(k) == v for k, v in labels.items()):
                     return at, alert
             return None
 
@@ -215,6 +232,36 @@ class Prometheus:
         data = self._api("query", **params)
         result = data["result"]
         return result if data["resultType"] in ("vector", "matrix") else [{"value": result}]
+
+    def query_range(
+        self, expr: str, start: float, end: float, step: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """The expression evaluated every ``step`` seconds from ``start`` to ``end`` (unix
+        times), as the rule manager would have: one entry per series, with its values."""
+        data = self._api(
+            "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}"
+        )
+        return data["result"]
+
+    def format_query(self, expr: str) -> str:
+        """``expr`` as Prometheus prints it (the form /api/v1/rules shows a loaded rule in)."""
+        return self._api("format_query", query=expr)
+
+    def alert_samples(self, name: str, since: float, **labels: str) -> int:
+        """How many evaluations since unix time ``since`` had ``name`` pending or firing with
+        labels including ``labels`` (the ALERTS series Prometheus writes at each one)."""
+        matchers = "".join(f', {key}="{value}"' for key, value in labels.items())
+        window = max(1, round((time.time() - since) * 1000))
+        result = self.query(f'count_over_time(ALERTS{{alertname="{name}"{matchers}}}[{window}ms])')
+        return sum(int(float(series["value"][1])) for series in result)
+
+    def alerting_rules(self) -> dict[str, list[str]]:
+        """Alert name -> the query of each loaded alerting rule of that name."""
+        rules: dict[str, list[str]] = {}
+        for group in self._api("rules", type="alert")["groups"]:
+            for rule in group["rules"]:
+                rules.setdefault(rule["name"], []).append(rule["query"])
+        return rules
 
     def targets_up(self, job: str = EXPORTER_JOB) -> bool:
         active = self._api("targets", state="active")["activeTargets"]
