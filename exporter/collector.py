@@ -284,11 +284,11 @@ def _client_exemplar(exemplar: Exemplar | None) -> ClientExemplar | None:
 
 
 def _client_family(
-    family: Family, prefix: str = "celery_", static: Mapping[str, str] | None = None
+    family: Family, prefix: str = m.DEFAULT_PREFIX, static: Mapping[str, str] | None = None
 ) -> ClientMetric:
     """``family`` as prometheus_client builds it (the reference the renderer is tested on)."""
     metric, static = family.metric, dict(static or {})
-    name = prefix + metric.family.removeprefix("celery_")
+    name = m.rename(metric.family, prefix)
     labels = [*metric.labels, *static]
     created, exemplars = family.created or {}, family.exemplars or {}
     if metric.kind == "histogram":
@@ -326,7 +326,7 @@ class ObservatoryCollector(Collector):
     def __init__(
         self,
         view_factory: Any,
-        metric_prefix: str = "celery_",
+        metric_prefix: str = m.DEFAULT_PREFIX,
         static_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.view_factory = view_factory

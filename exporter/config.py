@@ -9,6 +9,7 @@ from typing import Any
 
 from exporter import broker
 from exporter.httpserver import Limits
+from exporter.metrics import DEFAULT_PREFIX
 from exporter.state import Options
 
 REDIS_SCHEMES = broker.FAST_PATH_SCHEMES  # redis, rediss, sentinel
@@ -39,7 +40,7 @@ class Config:
     broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
     # Celery's broker_use_ssl (--broker-ssl-option key=value, repeatable).
     broker_ssl_options: Mapping[str, Any] = field(default_factory=dict)
-    metric_prefix: str = "celery_"
+    metric_prefix: str = DEFAULT_PREFIX
     static_labels: Mapping[str, str] = field(default_factory=dict)
     event_source: str = "auto"
     max_backlog_bytes: int = 512 * 1024 * 1024

@@ -25,15 +25,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.collector import Exemplar, Family
-from exporter.metrics import Metric
+from exporter.metrics import DEFAULT_PREFIX, Metric, rename
 from exporter.negotiate import OPENMETRICS, TEXT
 
 CONTENT_TYPES = {
     TEXT: "text/plain; version=0.0.4; charset=utf-8",
     OPENMETRICS: "application/openmetrics-text; version=1.0.0; charset=utf-8",
 }
-CONTENT_TYPE = CONTENT_TYPES[TEXT]
-DEFAULT_PREFIX = "celery_"
 MAX_CACHED_LABEL_SETS = 500_000
 
 
@@ -60,13 +58,6 @@ def format_value(value: float) -> str:
 def format_bound(bound: float) -> str:
     """The ``le`` label of a bucket, spelled as prometheus_client spells it."""
     return repr(float(bound))
-
-
-def rename(name: str, prefix: str) -> str:
-    """``celery_x`` under ``--metric-prefix``: the prefix replaces ``celery_``."""
-    if prefix == DEFAULT_PREFIX:
-        return name
-    return prefix + name.removeprefix(DEFAULT_PREFIX)
 
 
 def format_exemplar(exemplar: Exemplar) -> str:

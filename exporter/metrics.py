@@ -16,6 +16,12 @@ Kind = Literal["counter", "gauge", "histogram"]
 TASK_LABELS = ("name", "hostname", "queue_name")
 FAILED_LABELS = ("name", "hostname", "queue_name", "exception")
 UNITS = ("seconds", "bytes", "ratio")  # base units a family name may end with
+DEFAULT_PREFIX = "celery_"  # every name below starts with it; --metric-prefix replaces it
+
+
+def rename(name: str, prefix: str) -> str:
+    """``name`` under ``--metric-prefix``: the prefix replaces ``celery_``."""
+    return name if prefix == DEFAULT_PREFIX else prefix + name.removeprefix(DEFAULT_PREFIX)
 
 
 @dataclass(frozen=True)
