@@ -277,6 +277,33 @@ def reply_reason(reply: str) -> str:
     return "error"
 
 
+class Outages:
+    """An event source's connection history: reconnects counted by reason, and which of
+    them deserve a log line (one per outage and reason, so a broker that stays down for an
+    hour logs once, not once per retry)."""
+
+    def __init__(self) -> None:
+        self.reconnects = dict.fromkeys(RECONNECT_REASONS, 0)
+        self.ever_subscribed = False
+        self._logged_reason: str | None = None  # the reason already logged in this outage
+
+    def subscribed(self) -> bool:
+        """The subscription is up; True when it was up before (a restoration)."""
+        restored, self.ever_subscribed, self._logged_reason = self.ever_subscribed, True, None
+        return restored
+
+    def lost(self, exc: BaseException) -> tuple[str, bool] | None:
+        """Count ``exc``; (reason, whether it ended a live subscription) when it should be
+        logged, None when this outage already logged that reason."""
+        reason = reason_of(exc)
+        self.reconnects[reason] += 1
+        was_subscribed = self._logged_reason is None and self.ever_subscribed
+        if reason == self._logged_reason:
+            return None
+        self._logged_reason = reason
+        return reason, was_subscribed
+
+
 def reason_of(exc: BaseException) -> str:
     """The ``reason`` label for an event-source reconnect caused by ``exc``."""
     if isinstance(exc, SubscriptionRefused):

@@ -14,7 +14,7 @@ import hiredis
 import pytest
 import redis
 
-from exporter.broker import SubscriptionClosed, SubscriptionRefused, reason_of
+from exporter.broker import Outages, SubscriptionClosed, SubscriptionRefused, reason_of
 from tests.support.procs import PYTHON, RedisServer, wait_until
 
 
@@ -123,3 +123,15 @@ def test_a_malformed_port_is_a_configuration_error_echoed_as_given(url: str, ech
 )
 def test_each_broker_error_has_its_reconnect_reason(exc: BaseException, reason: str) -> None:
     assert reason_of(exc) == reason
+
+
+def test_an_outage_logs_each_reason_once_and_counts_every_retry() -> None:
+    outages = Outages()
+    refused = redis.AuthenticationError("invalid username-password pair")
+    assert outages.lost(refused) == ("auth", False)  # never subscribed yet: "cannot subscribe"
+    assert outages.lost(refused) is None  # the same outage, the same reason: no new line
+    assert outages.lost(ConnectionResetError()) == ("closed", False)  # a new reason is news
+    assert outages.subscribed() is False  # the first subscription, not a restoration
+    assert outages.lost(ConnectionResetError()) == ("closed", True)  # a live one ended
+    assert outages.subscribed() is True
+    assert outages.reconnects["auth"] == 2 and outages.reconnects["closed"] == 2

@@ -25,7 +25,7 @@ import structlog
 from celery import Celery
 from celery.events.receiver import EventReceiver
 
-from exporter.broker import RECONNECT_REASONS, reason_of
+from exporter.broker import Outages
 from exporter.sources.redis_pubsub import DEFAULT_BACKOFF_CAP, JOIN_SECONDS, Backoff
 from exporter.state import State
 
@@ -81,15 +81,14 @@ class ReceiverEventSource:
         self.housekeeping = housekeeping
         # Written by the receiving thread only.
         self.subscribed = False
-        self.reconnects = dict.fromkeys(RECONNECT_REASONS, 0)
+        self._outages = Outages()
+        self.reconnects = self._outages.reconnects  # reason -> count, read at scrape time
         self.dropped = 0
         self.backlog_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._receiver: _Receiver | None = None
         self._backoff = Backoff(cap=retry_interval if retry_interval > 0 else DEFAULT_BACKOFF_CAP)
-        self._ever_subscribed = False
-        self._logged_reason: str | None = None
         self._next_housekeeping = 0.0
 
     def yield_to_requests(self, active: bool) -> None:
@@ -132,21 +131,17 @@ class ReceiverEventSource:
     def _on_ready(self) -> None:
         self.subscribed = True
         self._backoff.reset()
-        self._logged_reason = None
         uri = self._receiver.connection.as_uri() if self._receiver is not None else ""
-        if self._ever_subscribed:
+        if self._outages.subscribed():
             log.info("event subscription restored", broker=uri)
         else:
             log.info("receiving events", broker=uri)
-        self._ever_subscribed = True
 
     def _lost(self, exc: BaseException) -> None:
-        reason = reason_of(exc)
-        self.reconnects[reason] += 1
-        was_subscribed = self._logged_reason is None and self._ever_subscribed
-        if reason == self._logged_reason:
+        logged = self._outages.lost(exc)
+        if logged is None:
             return
-        self._logged_reason = reason
+        reason, was_subscribed = logged
         log.warning(
             "event receiver lost its connection; reconnecting"
             if was_subscribed

@@ -39,11 +39,10 @@ import redis
 import structlog
 
 from exporter.broker import (
-    RECONNECT_REASONS,
+    Outages,
     SubscriptionClosed,
     SubscriptionRefused,
     event_pattern,
-    reason_of,
 )
 from exporter.decode import Rejected, decode_envelope
 from exporter.state import State
@@ -109,7 +108,8 @@ class RedisEventSource:
         # Written by the reader thread only (scrapes read them).
         self.subscribed = False
         self.dropped = 0  # messages dropped before queueing, past the backlog cap
-        self.reconnects = dict.fromkeys(RECONNECT_REASONS, 0)
+        self._outages = Outages()
+        self.reconnects = self._outages.reconnects  # reason -> count, read at scrape time
         self.bytes_queued = 0
         # Written by the processor thread only.
         self.bytes_done = 0
@@ -117,8 +117,6 @@ class RedisEventSource:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._backoff = Backoff(cap=retry_interval if retry_interval > 0 else DEFAULT_BACKOFF_CAP)
-        self._ever_subscribed = False
-        self._logged_reason: str | None = None  # the reason already logged in this outage
         self._last_drop_log = 0.0
         self._last_behind_log = 0.0
         # Scrapes come first: while one is served, the processor parks (the reader keeps
@@ -252,21 +250,17 @@ class RedisEventSource:
     def _on_subscribed(self) -> None:
         self.subscribed = True
         self._backoff.reset()
-        self._logged_reason = None
-        if self._ever_subscribed:
+        if self._outages.subscribed():
             log.info("event subscription restored", pattern=self.pattern)
         else:
             log.info("subscribed to events", pattern=self.pattern)
-        self._ever_subscribed = True
 
     def _lost(self, exc: BaseException) -> None:
         """Count why the connection ended; log it once per outage and reason."""
-        reason = reason_of(exc)
-        self.reconnects[reason] += 1
-        was_subscribed = self._logged_reason is None and self._ever_subscribed
-        if reason == self._logged_reason:
+        logged = self._outages.lost(exc)
+        if logged is None:
             return
-        self._logged_reason = reason
+        reason, was_subscribed = logged
         if not isinstance(exc, (OSError, redis.RedisError, hiredis.ProtocolError)):
             log.error("unexpected error in the event reader; reconnecting", exc_info=exc)
             return
