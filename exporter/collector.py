@@ -106,7 +106,8 @@ class ScrapeView:
 
 class Always(Mapping[tuple[str, ...], float]):
     """A ``created`` mapping that gives one time for every label set (the exporter's own
-    counters, which exist from the start)."""
+    counters, which exist from the start). It lists no keys, so it is falsy: test it
+    with ``is None``, never with ``or``."""
 
     def __init__(self, value: float) -> None:
         self.value = value
@@ -290,7 +291,8 @@ def _client_family(
     metric, static = family.metric, dict(static or {})
     name = m.rename(metric.family, prefix)
     labels = [*metric.labels, *static]
-    created, exemplars = family.created or {}, family.exemplars or {}
+    created = family.created if family.created is not None else {}  # Always() is empty
+    exemplars = family.exemplars or {}
     if metric.kind == "histogram":
         hist = HistogramMetricFamily(name, metric.help, labels=labels, unit=metric.unit)
         les = [*(repr(float(b)) for b in family.bounds), "+Inf"]

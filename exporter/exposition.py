@@ -81,9 +81,13 @@ class Renderer:
     """Renders families to either format, caching each label set's escaped string."""
 
     def __init__(
-        self, metric_prefix: str = DEFAULT_PREFIX, static_labels: Mapping[str, str] | None = None
+        self,
+        metric_prefix: str = DEFAULT_PREFIX,
+        static_labels: Mapping[str, str] | None = None,
+        created_series: bool = True,
     ) -> None:
         self.prefix = metric_prefix
+        self.created_series = created_series
         static = dict(static_labels or {})
         self._static = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in static.items())
         self._label_strings: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
@@ -147,7 +151,7 @@ class Renderer:
         """Counter and gauge lines; counters' ``_created`` lines go to ``created``."""
         label_names, labels = family.metric.labels, self._labels
         name, created_name = names.sample, names.created
-        when = family.created or {}
+        when = family.created if self.created_series and family.created is not None else {}
         exemplars = (family.exemplars or {}) if marks else {}
         append = out.append
         for values, value in family.samples:
@@ -163,7 +167,7 @@ class Renderer:
     ) -> None:
         """Buckets, count and sum of each label set; its ``_created`` line to ``created``."""
         label_names, name, created_name = family.metric.labels, names.sample, names.created
-        when = family.created or {}
+        when = family.created if self.created_series and family.created is not None else {}
         exemplars = (family.exemplars or {}) if marks else {}
         # Per bucket: the end of its line up to the count, e.g. '0.5"} '.
         tails = [f'{format_bound(b)}"}} ' for b in family.bounds] + ['+Inf"} ']

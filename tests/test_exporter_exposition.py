@@ -226,3 +226,20 @@ def test_hostile_label_values_are_cut_and_control_characters_spelled_out() -> No
 )
 def test_values_are_spelled_as_prometheus_parses_them(value: float, spelled: str) -> None:
     assert format_value(value) == spelled
+
+
+@pytest.mark.parametrize("fmt", [TEXT, OPENMETRICS])
+def test_no_created_series_leaves_out_only_the_created_samples(fmt: str) -> None:
+    make_view = view_of(hostile_state())
+    full = parsed(ours(make_view, fmt), fmt)
+    text = exposition(Renderer(created_series=False), families(make_view()), fmt, lambda _: "")
+    assert "_created" not in text
+    assert parsed(text, fmt) == {k: v for k, v in full.items() if not k[0].endswith("_created")}
+
+
+@pytest.mark.parametrize("fmt", [TEXT, OPENMETRICS])
+def test_the_exporters_own_counters_carry_created_too(fmt: str) -> None:
+    samples = parsed(ours(view_of(corpus_state()), fmt), fmt)
+    names = {name for name, _ in samples}
+    for counter in ("events_rejected", "event_fields_invalid", "label_overflow"):
+        assert f"celery_exporter_{counter}_created" in names, counter
