@@ -91,7 +91,7 @@ class Exporter:
             if config.inspect_interval > 0
             else None
         )
-        self.renderer = Renderer(config.metric_prefix, config.static_labels)
+        self.renderer = Renderer(config.metric_prefix, config.static_labels, config.created_series)
         self._render_lock = threading.Lock()
         # Process, platform and GC metrics, rendered by prometheus_client after ours.
         self.process_registry = CollectorRegistry(auto_describe=False)

@@ -90,6 +90,11 @@ def _key_values(_: Any, param: click.Parameter, values: tuple[str, ...]) -> dict
     return result
 
 
+def _created_disabled_by_client_env() -> bool:
+    """prometheus_client's own switch, honoured as it reads it."""
+    return os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "").lower() == "true"
+
+
 def _static_labels(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     labels = {key: str(value) for key, value in _key_values(ctx, param, values).items()}
     for name in labels:
@@ -262,6 +267,13 @@ REDBEAT: dict[str, Any] = {"peer": True, "hidden": True, "show_default": False}
     default=CONFIG.metric_prefix,
     peer=True,
     help="Prefix of every metric name, replacing 'celery_' (e.g. 'myapp_celery_').",
+)
+@option(
+    "--created-series/--no-created-series",
+    default=CONFIG.created_series,
+    help="Serve the _created sample of every counter and histogram series, as "
+    "prometheus_client (and so the peer exporter) does. Prometheus stores each as a series of "
+    "its own; --no-created-series saves them (also PROMETHEUS_DISABLE_CREATED_SERIES=true).",
 )
 @option(
     "--static-label",
@@ -589,6 +601,7 @@ def build_config(flags: dict[str, Any]) -> Config:
         broker_ssl_options=flags["broker_ssl_options"],
         metric_prefix=flags["metric_prefix"],
         static_labels=flags["static_labels"],
+        created_series=flags["created_series"] and not _created_disabled_by_client_env(),
         event_source=flags["event_source"],
         max_backlog_bytes=flags["max_backlog_bytes"],
         wait_for_broker=flags["wait_for_broker"],

@@ -42,6 +42,7 @@ class Config:
     broker_ssl_options: Mapping[str, Any] = field(default_factory=dict)
     metric_prefix: str = DEFAULT_PREFIX
     static_labels: Mapping[str, str] = field(default_factory=dict)
+    created_series: bool = True  # the _created samples of counters and histograms
     event_source: str = "auto"
     max_backlog_bytes: int = 512 * 1024 * 1024
     wait_for_broker: bool = True

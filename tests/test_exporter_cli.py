@@ -119,3 +119,20 @@ def test_bucket_lists_may_end_with_inf_as_the_peers_do() -> None:
 
     assert _floats(None, None, "0.005,0.5,10.0,inf") == (0.005, 0.5, 10.0)  # type: ignore[arg-type]
     assert _floats(None, None, "+Inf,1") == (1.0,)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--no-created-series"], {}),
+        ([], {"CELERY_EXPORTER_CREATED_SERIES": "false"}),
+        ([], {"PROMETHEUS_DISABLE_CREATED_SERIES": "True"}),  # prometheus_client's switch
+    ],
+)
+def test_created_series_can_be_left_out(procs, redis_server, args, env) -> None:  # type: ignore[no-untyped-def]
+    exporter = ExporterProcess(procs, redis_server.url(0), args, env=env).start()
+    default = ExporterProcess(procs, redis_server.url(0)).start()
+    assert "celery_exporter_events_rejected_created" in default.scrape().samples  # by default
+    scrape = exporter.scrape()
+    assert "celery_exporter_events_rejected_total" in scrape.samples
+    assert not [name for name in scrape.samples if name.endswith("_created")]
