@@ -215,6 +215,10 @@ class AlertSettings:
     slo_long_interval: str = "1m"
     slo_page_for: str = "2m"
     slo_ticket_for: str = "15m"
+    # A burn-rate alert also needs this many events (tasks started for queue_wait, finished
+    # runs for success) in its long window: on a quiet queue one failure in three runs is a
+    # 33% error ratio, a "burn" no one should be paged for. 0 turns the guard off.
+    slo_min_events: int = 20
     # The exporter's --queue-wait-buckets (the SLO wait thresholds are checked against them).
     queue_wait_buckets: tuple[float, ...] = EXPORTER_QUEUE_WAIT_BUCKETS
 
@@ -233,6 +237,8 @@ class AlertSettings:
             raise SettingsError("unacked_visibility_fraction must be in (0, 1]")
         if not 0 < self.event_loss_ratio < 1:
             raise SettingsError("event_loss_ratio must be between 0 and 1")
+        if self.slo_min_events < 0:
+            raise SettingsError(f"slo_min_events must be 0 or more, got {self.slo_min_events}")
         if not 0 < self.saturation_ratio <= 1:
             raise SettingsError("saturation_ratio must be in (0, 1]")
         if "://" not in self.runbook_base_url:

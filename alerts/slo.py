@@ -43,6 +43,11 @@ def errors_record(window: str) -> str:
     return f"queue_name_slo:celery_slo_errors:ratio_rate{window}"
 
 
+def events_record(window: str) -> str:
+    """The SLI's events over ``window``: ``queue_name_slo:celery_slo_events:increase1h``."""
+    return f"queue_name_slo:celery_slo_events:increase{window}"
+
+
 @dataclasses.dataclass(frozen=True)
 class BurnWindows:
     """Alert when both windows burn faster than the rate that spends ``budget_spent`` of the
@@ -92,6 +97,52 @@ def _success_errors(q: PromQL, queues: list[str], window: str) -> str:
     failed = q.sum_rate("celery_task_failed_total", window, "hostname, name, exception", queue)
     succeeded = q.sum_rate("celery_task_succeeded_total", window, "hostname, name", queue)
     return f"{failed}\n/\n" + block("", f"{failed}\n+\n{succeeded}").lstrip()
+
+
+def _wait_events(q: PromQL, queues: list[str], window: str) -> str:
+    queue = one_of("queue_name", queues)
+    return block(
+        "sum without (hostname, name)",
+        q.increase("celery_task_queue_wait_time_count", window, queue),
+    )
+
+
+def _success_events(q: PromQL, queues: list[str], window: str) -> str:
+    queue = one_of("queue_name", queues)
+    failed = block(
+        "sum without (hostname, name, exception)",
+        q.increase("celery_task_failed_total", window, queue),
+    )
+    succeeded = block(
+        "sum without (hostname, name)", q.increase("celery_task_succeeded_total", window, queue)
+    )
+    return f"{failed}\n+\n{succeeded}"
+
+
+def _event_rules(q: PromQL, settings: AlertSettings, window: str) -> list[dict]:
+    """How many events each SLI counted over ``window``: the burn alerts' volume guard."""
+    if settings.slo_min_events <= 0:
+        return []
+    rules = []
+    waiting = [name for name, slo in settings.queue_slos.items() if slo.wait_objective]
+    if waiting:
+        rules.append(
+            {
+                "record": events_record(window),
+                "expr": _wait_events(q, waiting, window),
+                "labels": {"slo": WAIT},
+            }
+        )
+    succeeding = [name for name, slo in settings.queue_slos.items() if slo.success_objective]
+    if succeeding:
+        rules.append(
+            {
+                "record": events_record(window),
+                "expr": _success_events(q, succeeding, window),
+                "labels": {"slo": SUCCESS},
+            }
+        )
+    return rules
 
 
 def _union(parts: list[str]) -> str:
@@ -153,7 +204,9 @@ def recording_groups(settings: AlertSettings) -> tuple[list[dict], list[dict]]:
     """(rules evaluated at the global interval, rules evaluated every slo_long_interval)."""
     q = PromQL(settings)
     short = [r for w in SHORT_WINDOWS for r in _error_rules(q, settings, errors_record(w), w)]
+    short += [r for pair in PAGE for r in _event_rules(q, settings, pair.long)]
     long = [r for w in LONG_WINDOWS for r in _error_rules(q, settings, errors_record(w), w)]
+    long += [r for pair in TICKET for r in _event_rules(q, settings, pair.long)]
     long += _error_rules(q, settings, ERRORS_PERIOD, settings.slo_period)
     long += _budget_rules(q, settings)
     return short, long
@@ -171,6 +224,9 @@ def _burn_expr(q: PromQL, settings: AlertSettings, windows: tuple[BurnWindows, .
                 f"{q.sel(errors_record(window), *matchers)} / {_budget(objective)} > {rate}"
                 for window in (pair.long, pair.short)
             ]
+            if settings.slo_min_events > 0:  # enough events that a ratio means something
+                guard = q.sel(events_record(pair.long), *matchers)
+                burning[0] = f"{burning[0]}\nand\n{guard} >= {settings.slo_min_events}"
             pairs.append("\nand\n".join(burning))
         groups.append(_union(pairs))
     return _union(groups)
