@@ -219,17 +219,41 @@ def test_the_connection_cap_logs_one_line_counts_and_recovers(procs, redis_serve
     assert f'"limit":{cap}' in lines[0]
 
 
-def test_the_max_connections_flag_sets_the_cap(procs, redis_server) -> None:  # type: ignore[no-untyped-def]
-    exporter = ExporterProcess(
-        procs, redis_server.url(0), args=["--web.max-connections", "4"]
-    ).start()
-    held = [socket.create_connection(("127.0.0.1", exporter.port), timeout=5) for _ in range(6)]
+def _served_keep_alive(port: int) -> http.client.HTTPConnection | None:
+    """A connection that got an answer and stays open (keep-alive), or None if refused."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        wait_until(lambda: sum(not still_open(s) for s in held) == 2, timeout=20,
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        response.read()
+        return conn if response.status == 200 else None
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        return None
+
+
+def test_the_max_connections_flag_sets_the_cap(procs, redis_server) -> None:  # type: ignore[no-untyped-def]
+    # A header deadline longer than the wait below: an extra connection that was accepted
+    # stays open through it rather than being cut for silence.
+    args = ["--web.max-connections", "4", "--web.read-header-timeout", "60"]
+    exporter = ExporterProcess(procs, redis_server.url(0), args=args).start()
+    # Four connections served and kept alive hold the four slots. The readiness checks'
+    # connections may still hold a slot for a moment (the server closes them after the
+    # client), so a refused one is tried again.
+    held = [
+        wait_until(lambda: _served_keep_alive(exporter.port), message=f"keep-alive {i + 1}")
+        for i in range(4)
+    ]
+    extra = [socket.create_connection(("127.0.0.1", exporter.port), timeout=5) for _ in range(2)]
+    try:
+        wait_until(lambda: not any(still_open(s) for s in extra), timeout=20,
                    message="the 2 connections past the cap of 4 closed")  # fmt: skip
+        assert all(still_open(conn.sock) for conn in held)  # type: ignore[arg-type]
     finally:
-        for sock in held:
+        for sock in extra:
             sock.close()
+        for conn in held:
+            conn.close()
     # Once the server has seen the held connections close, scrapes get a slot again.
     scrape = wait_until(exporter.scrape, message="a scrape after the held connections closed")
     assert scrape.value("celery_exporter_http_connections_rejected_total", reason="limit") >= 2
