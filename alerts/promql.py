@@ -52,6 +52,10 @@ class PromQL:
         """``sum without (drop) (max without (replicas) (rate(metric[window])))``."""
         return block(f"sum without ({drop})", self.rate(metric, window, *label_matchers))
 
+    def sum_increase(self, metric: str, window: str, drop: str, *label_matchers: str) -> str:
+        """``sum without (drop) (max without (replicas) (increase(metric[window])))``."""
+        return block(f"sum without ({drop})", self.increase(metric, window, *label_matchers))
+
 
 def block(head: str, body: str) -> str:
     """``head (\\n  body\\n)``: nested PromQL that still reads in the generated YAML."""

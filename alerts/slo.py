@@ -101,21 +101,13 @@ def _success_errors(q: PromQL, queues: list[str], window: str) -> str:
 
 def _wait_events(q: PromQL, queues: list[str], window: str) -> str:
     queue = one_of("queue_name", queues)
-    return block(
-        "sum without (hostname, name)",
-        q.increase("celery_task_queue_wait_time_count", window, queue),
-    )
+    return q.sum_increase("celery_task_queue_wait_time_count", window, "hostname, name", queue)
 
 
 def _success_events(q: PromQL, queues: list[str], window: str) -> str:
     queue = one_of("queue_name", queues)
-    failed = block(
-        "sum without (hostname, name, exception)",
-        q.increase("celery_task_failed_total", window, queue),
-    )
-    succeeded = block(
-        "sum without (hostname, name)", q.increase("celery_task_succeeded_total", window, queue)
-    )
+    failed = q.sum_increase("celery_task_failed_total", window, "hostname, name, exception", queue)
+    succeeded = q.sum_increase("celery_task_succeeded_total", window, "hostname, name", queue)
     return f"{failed}\n+\n{succeeded}"
 
 
@@ -123,26 +115,17 @@ def _event_rules(q: PromQL, settings: AlertSettings, window: str) -> list[dict]:
     """How many events each SLI counted over ``window``: the burn alerts' volume guard."""
     if settings.slo_min_events <= 0:
         return []
-    rules = []
-    waiting = [name for name, slo in settings.queue_slos.items() if slo.wait_objective]
-    if waiting:
-        rules.append(
-            {
-                "record": events_record(window),
-                "expr": _wait_events(q, waiting, window),
-                "labels": {"slo": WAIT},
-            }
-        )
-    succeeding = [name for name, slo in settings.queue_slos.items() if slo.success_objective]
-    if succeeding:
-        rules.append(
-            {
-                "record": events_record(window),
-                "expr": _success_events(q, succeeding, window),
-                "labels": {"slo": SUCCESS},
-            }
-        )
-    return rules
+    slos = settings.queue_slos.items()
+    kinds = (
+        (WAIT, _wait_events, [name for name, slo in slos if slo.wait_objective]),
+        (SUCCESS, _success_events, [name for name, slo in slos if slo.success_objective]),
+    )
+    record = events_record(window)
+    return [
+        {"record": record, "expr": events(q, queues, window), "labels": {"slo": kind}}
+        for kind, events, queues in kinds
+        if queues
+    ]
 
 
 def _union(parts: list[str]) -> str:
