@@ -10,7 +10,6 @@ from importlib import resources
 from typing import Any
 
 import celery
-import redis
 import structlog
 from celery import Celery
 from kombu import Connection
@@ -63,11 +62,6 @@ def celery_app(config: Config) -> Celery:
     return app
 
 
-def redis_client(config: Config, timeout: float, retries: int = 0) -> redis.Redis:
-    """The broker's Redis client (plain, TLS or Sentinel): see exporter/broker.py."""
-    return broker.broker_client(config, timeout=timeout, retries=retries)
-
-
 class Exporter:
     """Owns every thread of the exporter; ``start()`` and ``stop()`` are idempotent enough."""
 
@@ -105,7 +99,7 @@ class Exporter:
         config = self.config
         if config.uses_redis_fast_path:
             return RedisEventSource(
-                redis_client(config, 5.0),
+                broker.broker_client(config, timeout=5.0),
                 self.state,
                 broker.event_pattern(config.redis_db, config.global_keyprefix),
                 config.max_backlog_bytes,
@@ -121,7 +115,7 @@ class Exporter:
         timeout = max(1.0, min(config.broker_poll_interval, 5.0))
         if config.scheme in broker.FAST_PATH_SCHEMES:
             return RedisBrokerPoller(
-                redis_client(config, timeout, retries=1),
+                broker.broker_client(config, timeout=timeout, retries=1),
                 self.state.index.sent_time,
                 config.global_keyprefix,
                 config.state.max_queues,
